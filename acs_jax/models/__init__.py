@@ -1,0 +1,100 @@
+"""Model zoo chosen by name, and the teacher -> student weight transfer."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from acs_jax.models.mobilenetv2 import MobileNetV2
+from acs_jax.models.resnet import (BLOCKS, STEMS, ResNet, ResNet18, ResNet20,
+                                   ResNet34, ResNetTiny)
+from acs_jax.quant import QuantConfig
+
+MODELS = ("resnet18", "resnet34", "resnet20", "mobilenetv2", "resnet_tiny")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(name: str, *, num_classes: int, quant: QuantConfig,
+                block: str = "basic", stem: str = "auto",
+                image_size: int = 32, width_mult: float = 1.0,
+                dropout: float | None = None, dtype: str = "float32"):
+  """Returns the Flax module `name` with the given quantization.
+
+  Args:
+    name: one of MODELS.
+    num_classes: classifier outputs.
+    quant: which layers are quantized; `quant.as_float()` gives the teacher.
+    block: ResNet block type, "basic" or "official".
+    stem: "cifar", "imagenet", or "auto" (imagenet stem for inputs >= 64px).
+    image_size: input height/width (only used by stem="auto").
+    width_mult: MobileNetV2 width multiplier (0.5 in the official CIFAR code).
+    dropout: MobileNetV2 dropout before the classifier (default 0.2).
+    dtype: compute dtype name, "float32" or "bfloat16".
+  """
+  if name not in MODELS:
+    raise ValueError(f"config.model.name={name!r} is unknown; valid choices: "
+                     f"{', '.join(MODELS)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={dtype!r} is unknown; valid "
+                     f"choices: {', '.join(DTYPES)}")
+  if block not in BLOCKS:
+    raise ValueError(f"config.model.block={block!r} is unknown; valid "
+                     f"choices: {', '.join(BLOCKS)}")
+  if stem == "auto":
+    stem = "imagenet" if image_size >= 64 else "cifar"
+  if stem not in STEMS:
+    raise ValueError(f"config.model.stem={stem!r} is unknown; valid choices: "
+                     f"auto, {', '.join(STEMS)}")
+  kw = dict(num_classes=num_classes, quant=quant, dtype=DTYPES[dtype])
+  if name == "mobilenetv2":
+    return MobileNetV2(width_mult=width_mult,
+                       dropout=0.2 if dropout is None else dropout, **kw)
+  cls = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet20": ResNet20,
+         "resnet_tiny": ResNetTiny}[name]
+  if name == "resnet20":
+    return cls(block=block, **kw)
+  return cls(block=block, stem=stem, **kw)
+
+
+def model_from_config(config: Any, num_classes: int, image_size: int,
+                      quant: QuantConfig):
+  m = config.model
+  return build_model(m.name, num_classes=num_classes, quant=quant,
+                     block=m.get("block", "basic"), stem=m.get("stem", "auto"),
+                     image_size=image_size,
+                     width_mult=m.get("width_mult", 1.0),
+                     dropout=m.get("dropout", None),
+                     dtype=m.get("dtype", "float32"))
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def transfer_params(src: dict, dst: dict) -> dict:
+  """Copies every array of `src` (e.g. the FP teacher) into `dst` (student).
+
+  The student has the same layers plus LSQ step sizes; those (absent from the
+  teacher) keep the student's values. A teacher array the student lacks, or
+  of another shape, means the two models differ: ValueError.
+  """
+  src_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(src))
+  dst_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(dst))
+  for path, value in src_flat.items():
+    if path not in dst_flat:
+      raise ValueError(f"teacher parameter {'/'.join(path)} has no "
+                       "counterpart in the student: the models differ")
+    if np.shape(dst_flat[path]) != np.shape(value):
+      raise ValueError(
+          f"teacher parameter {'/'.join(path)} has shape {np.shape(value)}, "
+          f"the student's {np.shape(dst_flat[path])}: the models differ")
+    dst_flat[path] = value
+  return flax.traverse_util.unflatten_dict(dst_flat)
+
+
+__all__ = ["MODELS", "MobileNetV2", "ResNet", "ResNet18", "ResNet20",
+           "ResNet34", "ResNetTiny", "build_model", "count_params",
+           "model_from_config", "transfer_params"]
