@@ -74,8 +74,17 @@ def host_to_global(tree: Any, mesh: Mesh) -> Any:
   """
   sharding = data_sharded(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       _device_dtype(x)),
       tree)
+
+
+def _device_dtype(x) -> np.ndarray:
+  """int64/float64 host arrays become 32-bit unless jax_enable_x64 is on."""
+  x = np.asarray(x)
+  if not jax.config.jax_enable_x64 and x.dtype in (np.int64, np.float64):
+    x = x.astype(np.int32 if x.dtype == np.int64 else np.float32)
+  return x
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

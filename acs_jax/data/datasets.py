@@ -1,0 +1,859 @@
+"""Datasets for coreset training: what a dataset is, and loading one.
+
+A `Dataset` describes one image-classification dataset and gives access to its
+samples by integer index, which is what the coreset selectors work with (the
+index of a training sample is its row in `x_train`, or its position in the
+random-access `train_source`).
+
+Two storage kinds:
+  * in memory (every source except TFDS imagenet2012): uint8 arrays
+    `x_train` [N, H, W, C], `y_train` int32 [N], `x_test`, `y_test`;
+  * random access (TFDS imagenet2012): `train_source` / `test_source`, sequences
+    of records {"image": encoded JPEG bytes, "label": int}; a coreset epoch
+    reads (and decodes) only the selected samples.
+
+Sources (`config.data.source`):
+  tfds          a prepared TFDS dataset; never downloads (no internet here).
+  npz           one .npz with x_train, y_train, x_test, y_test [, class_names].
+  image_folder  root/{train,test}/<class>/<image files>.
+  digits        scikit-learn's bundled 8x8 digits; needs no file at all.
+  synthetic     a seeded, easy task for tests and smoke runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+SOURCES = ("tfds", "npz", "image_folder", "digits", "synthetic")
+TFDS_NAMES = ("cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist",
+              "imagenet2012")
+AUGMENTS = ("cifar", "crop", "imagenet", "none")
+PAD_MODES = ("reflect", "constant")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+# Records read per batch when copying a small TFDS dataset into memory. An
+# explicit size: batch_size=-1 aborts the process under tfds mock data and
+# makes TF build one giant batch (DEPENDENCIES.md pitfall P4).
+_TFDS_READ_BATCH = 10_000
+
+# Digits: 1797 samples, split 1437 train / 360 test (20%), stratified by class.
+# The split uses a fixed seed, NOT config.data.seed, so that runs with
+# different training seeds are evaluated on the same test set.
+DIGITS_NUM_TEST = 360
+_DIGITS_SPLIT_SEED = 0
+
+# Per-channel statistics of the ImageNet training set (the standard values);
+# too expensive to recompute from 1.28M JPEGs at load time.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+# name -> (augment, crop padding, pad mode) for the TFDS datasets. Digit and
+# grey-scale datasets are not mirror-symmetric, hence "crop" (no flip); MNIST
+# backgrounds are black, so zero padding looks like more background.
+_TFDS_AUGMENT = {
+    "cifar10": ("cifar", 4, "reflect"),
+    "cifar100": ("cifar", 4, "reflect"),
+    "svhn_cropped": ("crop", 4, "reflect"),
+    "mnist": ("crop", 2, "constant"),
+    "fashion_mnist": ("crop", 2, "constant"),
+    "imagenet2012": ("imagenet", 0, "reflect"),
+}
+# The test split of each TFDS dataset (imagenet2012 has no labelled "test").
+_TFDS_TEST_SPLIT = {"imagenet2012": "validation"}
+
+# Defaults of the config fields read by `load_dataset`.
+CONFIG_DEFAULTS = {
+    "source": "tfds",
+    "name": None,
+    "data_dir": None,
+    "manual_dir": None,
+    "path": None,
+    "image_size": None,
+    "channels": None,
+    "augment": None,
+    "label_noise": 0.0,
+    "seed": 0,
+    "num_train": 512,
+    "num_test": 256,
+    "num_classes": 10,
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """One image-classification dataset.
+
+  Attributes:
+    name: dataset name (the TFDS name, the npz/folder stem, "digits", ...).
+    num_classes: number of classes K; labels are in [0, K).
+    image_shape: (H, W, C) of the images as the model sees them.
+    mean: C per-channel means, in [0, 1] pixel units.
+    std: C per-channel standard deviations, in [0, 1] pixel units.
+    num_train: number of training samples N.
+    num_test: number of test samples.
+    class_names: K names.
+    augment: training augmentation, one of AUGMENTS: "cifar" (random crop from
+      a padded image + horizontal flip), "crop" (random crop, no flip),
+      "imagenet" (random resized crop + flip; evaluation: resize + centre
+      crop), "none".
+    crop_padding: pixels of padding per side for "cifar"/"crop".
+    pad_mode: "reflect" or "constant" (zero) padding for the crops.
+    x_train: uint8 [N, H, W, C] or None (random-access datasets).
+    y_train: int32 [N] training labels, WITH label noise if any; None for
+      random-access datasets (labels come with the records).
+    x_test: uint8 [M, H, W, C] or None.
+    y_test: int32 [M] or None.
+    y_train_clean: int32 [N], the true training labels (== y_train without
+      label noise); None for random-access datasets.
+    train_source: random-access training records or None. A sequence
+      (`len`, `[i]`, optionally `__getitems__(list)`) of dicts
+      {"image": encoded image bytes, "label": int}.
+    test_source: same for the test split.
+    label_noise: the symmetric label-noise rate applied to training labels.
+    label_offsets: int32 [N] or None; noisy = (true + offset) % K. Kept so
+      random-access datasets can apply the noise as records are read.
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  num_train: int
+  num_test: int
+  class_names: tuple[str, ...] = dataclasses.field(repr=False)
+  augment: str = "none"
+  crop_padding: int = 0
+  pad_mode: str = "reflect"
+  x_train: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  y_train: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  x_test: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  y_test: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  y_train_clean: np.ndarray | None = dataclasses.field(default=None,
+                                                       repr=False)
+  train_source: Any = dataclasses.field(default=None, repr=False)
+  test_source: Any = dataclasses.field(default=None, repr=False)
+  label_noise: float = 0.0
+  label_offsets: np.ndarray | None = dataclasses.field(default=None,
+                                                       repr=False)
+  # Per-object cache for the input pipeline (e.g. the arrays as tf tensors,
+  # converted once). init=False: dataclasses.replace() starts a fresh one, so
+  # a copy with new arrays never reuses the old tensors.
+  cache: dict = dataclasses.field(default_factory=dict, init=False,
+                                  repr=False, compare=False)
+
+  def __post_init__(self):
+    if self.augment not in AUGMENTS:
+      raise ValueError(f"Dataset.augment must be one of {AUGMENTS}, got "
+                       f"{self.augment!r}")
+    if self.pad_mode not in PAD_MODES:
+      raise ValueError(f"Dataset.pad_mode must be one of {PAD_MODES}, got "
+                       f"{self.pad_mode!r}")
+    c = self.image_shape[2]
+    if len(self.mean) != c or len(self.std) != c:
+      raise ValueError(f"mean/std need {c} channels, got {len(self.mean)} and "
+                       f"{len(self.std)}")
+    if self.in_memory:
+      for split, n in (("train", self.num_train), ("test", self.num_test)):
+        x, y = self.arrays(split)
+        if x is None or y is None:
+          raise ValueError(f"in-memory dataset {self.name!r} lacks x_{split} "
+                           f"or y_{split}")
+        if x.dtype != np.uint8 or x.shape != (n, *self.image_shape):
+          raise ValueError(
+              f"x_{split} must be uint8 {(n, *self.image_shape)}, got "
+              f"{x.dtype} {x.shape}")
+        if y.shape != (n,):
+          raise ValueError(f"y_{split} must have shape ({n},), got {y.shape}")
+    elif self.train_source is None or self.test_source is None:
+      raise ValueError(f"dataset {self.name!r} has neither arrays nor "
+                       "random-access sources for both splits")
+    if self.augment == "imagenet" and self.in_memory:
+      raise ValueError('augment "imagenet" needs a random-access source of '
+                       'encoded images; in-memory datasets support "cifar", '
+                       '"crop" and "none"')
+
+  @property
+  def in_memory(self) -> bool:
+    """True when the samples are uint8 arrays (else random-access sources)."""
+    return self.x_train is not None
+
+  def num_examples(self, split: str) -> int:
+    """Samples in "train" or "test"."""
+    _check_split(split)
+    return self.num_train if split == "train" else self.num_test
+
+  def arrays(self, split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(images uint8 [n,H,W,C], labels int32 [n]) of an in-memory split."""
+    _check_split(split)
+    if split == "train":
+      return self.x_train, self.y_train
+    return self.x_test, self.y_test
+
+  def source(self, split: str) -> Any:
+    """The random-access record source of a split (None when in memory)."""
+    _check_split(split)
+    return self.train_source if split == "train" else self.test_source
+
+  @property
+  def noisy_mask(self) -> np.ndarray:
+    """bool [N]: training samples whose label was flipped by label noise."""
+    if self.label_offsets is None:
+      return np.zeros(self.num_train, dtype=bool)
+    return self.label_offsets != 0
+
+
+def _check_split(split: str) -> None:
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+# ---------------------------------------------------------------------------
+# Label noise.
+
+
+def label_noise_offsets(num_samples: int, rate: float, num_classes: int,
+                        seed: int) -> np.ndarray:
+  """The per-sample label shifts of symmetric label noise.
+
+  Exactly round(rate * num_samples) samples, chosen uniformly, get a shift
+  drawn uniformly from 1..K-1, so that (label + shift) % K is uniform over the
+  K-1 OTHER classes whatever the true label is. Depends only on the arguments,
+  not on the labels, so it can be applied lazily to records read later.
+
+  Args:
+    num_samples: N.
+    rate: fraction of labels to flip, in [0, 1).
+    num_classes: K >= 2.
+    seed: non-negative integer.
+
+  Returns:
+    int32 [N], 0 for samples that keep their label.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"label noise rate must be in [0, 1), got {rate}")
+  if num_classes < 2 and rate > 0:
+    raise ValueError("label noise needs at least 2 classes")
+  rng = np.random.default_rng([seed, 0x1AB3])
+  offsets = np.zeros(num_samples, np.int32)
+  num_flip = int(round(rate * num_samples))
+  flipped = rng.permutation(num_samples)[:num_flip]
+  offsets[flipped] = rng.integers(1, num_classes, size=num_flip)
+  return offsets
+
+
+def apply_label_noise(labels: np.ndarray, rate: float, num_classes: int,
+                      seed: int) -> np.ndarray:
+  """Symmetric label noise: flips round(rate*N) labels to a different class.
+
+  Args:
+    labels: int [N] true labels in [0, K).
+    rate: fraction of labels to flip, in [0, 1).
+    num_classes: K.
+    seed: non-negative integer; the same seed flips the same samples the same
+      way.
+
+  Returns:
+    int32 [N] noisy labels; a flipped label is always a different class,
+    uniformly among the other K-1.
+  """
+  labels = np.asarray(labels).astype(np.int32)
+  offsets = label_noise_offsets(len(labels), rate, num_classes, seed)
+  return ((labels + offsets) % num_classes).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# Statistics.
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std of uint8 images, in [0, 1] pixel units.
+
+  Counts the 256 pixel values per channel (chunk by chunk, so no float copy of
+  the data is made; a float64 copy of CIFAR-10 would be 1.2 GB) and takes the
+  moments of the histograms in float64: exact, and ~0.6 s for CIFAR-10.
+
+  Args:
+    images: uint8 [N, H, W, C].
+    chunk: images per chunk.
+
+  Returns:
+    (mean, std), each a tuple of C floats.
+  """
+  c = images.shape[-1]
+  counts = np.zeros((c, 256), np.int64)
+  for start in range(0, images.shape[0], chunk):
+    block = images[start:start + chunk].reshape(-1, c)
+    for ch in range(c):
+      counts[ch] += np.bincount(block[:, ch], minlength=256)
+  values = np.arange(256, dtype=np.float64)
+  hist = counts.astype(np.float64)
+  total = hist.sum(axis=1)
+  mean = hist @ values / total
+  var = np.maximum(hist @ (values * values) / total - mean**2, 0.0)
+  std = np.sqrt(var)
+  # A constant channel would divide by zero when normalising.
+  std = np.where(std > 0, std, 255.0)
+  return (tuple(float(v) for v in mean / 255.0),
+          tuple(float(v) for v in std / 255.0))
+
+
+# ---------------------------------------------------------------------------
+# Config reading and validation.
+
+
+# Values that mean "not set" besides None. ConfigDict fields are typed, so the
+# project config uses "" / 0 / "auto" as placeholders instead of None.
+_UNSET = {
+    "name": ("",),
+    "data_dir": ("",),
+    "manual_dir": ("",),
+    "path": ("",),
+    "image_size": (0,),
+    "channels": (0,),
+    "augment": ("auto",),
+}
+
+
+def _get(cfg: Any, field: str) -> Any:
+  """A field of an attribute object / ConfigDict / dict, or its default."""
+  if isinstance(cfg, dict):
+    value = cfg.get(field, CONFIG_DEFAULTS[field])
+  else:
+    value = getattr(cfg, field, CONFIG_DEFAULTS[field])
+  if value is None or (isinstance(value, (str, int))
+                       and not isinstance(value, bool)
+                       and value in _UNSET.get(field, ())):
+    return CONFIG_DEFAULTS[field]
+  return value
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, field: str, minimum: int) -> int:
+  if not _is_int(value) or value < minimum:
+    raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def _check_image_size(value: Any, field: str) -> tuple[int, int] | None:
+  """None, an int (square) or an (h, w) pair of positive ints."""
+  if value is None:
+    return None
+  if _is_int(value) and value > 0:
+    return int(value), int(value)
+  if (isinstance(value, (tuple, list)) and len(value) == 2
+      and all(_is_int(v) and v > 0 for v in value)):
+    return int(value[0]), int(value[1])
+  raise ValueError(f"{field} must be a positive integer or a (height, width) "
+                   f"pair, got {value!r}")
+
+
+def _check_path(value: Any, field: str, what: str) -> str:
+  if not isinstance(value, (str, os.PathLike)) or not str(value):
+    raise ValueError(f"{field} must be the path of {what}, got {value!r}")
+  path = os.path.expanduser(os.fspath(value))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{field}: {what} not found: {path}")
+  return path
+
+
+def _read_config(cfg: Any, prefix: str) -> dict[str, Any]:
+  """Reads and validates the fields common to every source."""
+  f = lambda name: f"{prefix}.{name}"  # noqa: E731
+  source = _get(cfg, "source")
+  if source not in SOURCES:
+    raise ValueError(f"{f('source')} must be one of {', '.join(SOURCES)}; got "
+                     f"{source!r}")
+  rate = _get(cfg, "label_noise")
+  if (not isinstance(rate, numbers.Real) or isinstance(rate, bool)
+      or not 0.0 <= float(rate) < 1.0):
+    raise ValueError(f"{f('label_noise')} must be a number in [0, 1), got "
+                     f"{rate!r}")
+  augment = _get(cfg, "augment")
+  if augment is not None and augment not in AUGMENTS:
+    raise ValueError(f"{f('augment')} must be one of {', '.join(AUGMENTS)} "
+                     f"(or None for the dataset's default); got {augment!r}")
+  channels = _get(cfg, "channels")
+  if channels is not None and channels not in (1, 3):
+    raise ValueError(f"{f('channels')} must be 1 or 3 (or None), got "
+                     f"{channels!r}")
+  name = _get(cfg, "name")
+  if name is not None and not isinstance(name, str):
+    raise ValueError(f"{f('name')} must be a string, got {name!r}")
+  return {
+      "source": source,
+      "name": name,
+      "label_noise": float(rate),
+      "seed": _check_int(_get(cfg, "seed"), f("seed"), 0),
+      "augment": augment,
+      "channels": channels,
+      "image_size": _check_image_size(_get(cfg, "image_size"),
+                                      f("image_size")),
+  }
+
+
+def load_dataset(cfg: Any, prefix: str = "config.data") -> Dataset:
+  """Builds the `Dataset` a data config describes.
+
+  Config fields (attribute object, ConfigDict or dict; missing or None fields
+  take the defaults in CONFIG_DEFAULTS):
+    source: one of SOURCES (default "tfds").
+    name: TFDS name (one of TFDS_NAMES; required for, and only read by,
+      source "tfds"). Other sources are named after the file/folder, or
+      "digits" / "synthetic".
+    data_dir: TFDS data_dir (default None: TFDS's own default,
+      $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    manual_dir: imagenet2012 only: a folder with ILSVRC2012_img_train.tar and
+      ILSVRC2012_img_val.tar; when the dataset is not prepared yet and both
+      tars are there, it is prepared (array_record, hours) from them.
+    path: the .npz file (source "npz") or the folder root ("image_folder").
+    image_size: int or (h, w): image_folder resize target; imagenet2012 crop
+      size (default 224); synthetic side (default 8).
+    channels: 1 or 3: image_folder colour mode (default 3); synthetic
+      (default 3).
+    augment: override of the dataset's default training augmentation (None
+      or "auto": the dataset's default).
+
+  "" (data_dir, manual_dir, path, name), 0 (image_size, channels) and "auto"
+  (augment) count as not set, like None.
+    label_noise: fraction of TRAINING labels flipped, in [0, 1) (default 0).
+    seed: seeds label noise and the synthetic data (default 0).
+    num_train, num_test, num_classes: synthetic only (512, 256, 10).
+
+  Args:
+    cfg: the data config.
+    prefix: how the config is named in error messages.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    ValueError: a field has an invalid value (the message names the field and
+      the valid values).
+    FileNotFoundError: a file/folder/prepared TFDS dataset is missing (the
+      message names the field, the path and how to fix it).
+  """
+  opts = _read_config(cfg, prefix)
+  source = opts["source"]
+  if source == "tfds":
+    ds = _load_tfds(cfg, opts, prefix)
+  elif source == "npz":
+    ds = _load_npz(cfg, opts, prefix)
+  elif source == "image_folder":
+    ds = _load_image_folder(cfg, opts, prefix)
+  elif source == "digits":
+    ds = _load_digits()
+  else:
+    ds = _load_synthetic(cfg, opts, prefix)
+  if opts["augment"] is not None and opts["augment"] != ds.augment:
+    ds = _with_augment(ds, opts["augment"], prefix)
+  if opts["label_noise"] > 0:
+    ds = with_label_noise(ds, opts["label_noise"], opts["seed"])
+  return ds
+
+
+def _with_augment(ds: Dataset, augment: str, prefix: str) -> Dataset:
+  if augment == "imagenet" and ds.in_memory:
+    raise ValueError(f'{prefix}.augment "imagenet" needs a random-access '
+                     f'dataset (tfds imagenet2012); for {ds.name!r} use one '
+                     'of "cifar", "crop", "none"')
+  if ds.augment == "imagenet" and augment != "none":
+    raise ValueError(f'{prefix}.augment for {ds.name!r} must be "imagenet" or '
+                     f'"none", got {augment!r}')
+  padding, pad_mode = ds.crop_padding, ds.pad_mode
+  if augment in ("cifar", "crop") and padding == 0:
+    padding, pad_mode = _default_padding(ds.image_shape)
+  return dataclasses.replace(ds, augment=augment, crop_padding=padding,
+                             pad_mode=pad_mode)
+
+
+def with_label_noise(ds: Dataset, rate: float, seed: int) -> Dataset:
+  """A copy of `ds` with symmetric noise on its training labels.
+
+  Args:
+    ds: a dataset without label noise.
+    rate: in [0, 1).
+    seed: non-negative int.
+
+  Returns:
+    The dataset with y_train noisy, y_train_clean the true labels (in memory)
+    and label_offsets set (both kinds).
+  """
+  if ds.label_noise:
+    raise ValueError(f"dataset {ds.name!r} already has label noise")
+  offsets = label_noise_offsets(ds.num_train, rate, ds.num_classes, seed)
+  kwargs = {"label_noise": float(rate), "label_offsets": offsets}
+  if ds.in_memory:
+    clean = ds.y_train_clean if ds.y_train_clean is not None else ds.y_train
+    kwargs["y_train_clean"] = clean
+    kwargs["y_train"] = ((clean + offsets) % ds.num_classes).astype(np.int32)
+  return dataclasses.replace(ds, **kwargs)
+
+
+def _default_padding(image_shape: Sequence[int]) -> tuple[int, str]:
+  """Crop padding for user data: 1/8 of the side (4 for 32x32), reflected."""
+  return max(1, min(image_shape[0], image_shape[1]) // 8), "reflect"
+
+
+def _in_memory(name: str, x_train: np.ndarray, y_train: np.ndarray,
+               x_test: np.ndarray, y_test: np.ndarray, num_classes: int,
+               class_names: Sequence[str] | None, augment: str,
+               crop_padding: int, pad_mode: str) -> Dataset:
+  """Assembles an in-memory Dataset, computing mean/std from x_train."""
+  mean, std = channel_stats(x_train)
+  if class_names is None:
+    class_names = [str(i) for i in range(num_classes)]
+  return Dataset(
+      name=name, num_classes=int(num_classes),
+      image_shape=tuple(int(s) for s in x_train.shape[1:]),
+      mean=mean, std=std, num_train=len(x_train), num_test=len(x_test),
+      class_names=tuple(str(c) for c in class_names), augment=augment,
+      crop_padding=crop_padding, pad_mode=pad_mode,
+      x_train=x_train, y_train=y_train.astype(np.int32),
+      x_test=x_test, y_test=y_test.astype(np.int32),
+      y_train_clean=y_train.astype(np.int32))
+
+
+def _user_augment(image_shape: Sequence[int]) -> tuple[str, int, str]:
+  """Default augmentation of npz / image-folder data.
+
+  Colour images get the CIFAR recipe; grey-scale ones are often digits, which
+  must not be mirrored, so they get crops only.
+  """
+  padding, pad_mode = _default_padding(image_shape)
+  return ("cifar" if image_shape[-1] == 3 else "crop"), padding, pad_mode
+
+
+# ---------------------------------------------------------------------------
+# TFDS.
+
+
+def _tfds_not_prepared(name: str, data_dir_root: str, field: str) -> str:
+  if name == "imagenet2012":
+    how = (
+        "ImageNet cannot be downloaded automatically. Put "
+        f"{' and '.join(_IMAGENET_TARS)} in a folder, set "
+        f"config.data.manual_dir to it and load again (prepares the data in "
+        "array_record format; takes hours), or run on any machine: "
+        f"`tfds build imagenet2012 --data_dir={data_dir_root} "
+        "--manual_dir=<folder with the tars> --file_format=array_record`.")
+  else:
+    how = (f"Prepare it on a machine with internet access: `tfds build {name} "
+           f"--data_dir={data_dir_root}` (or tfds.builder({name!r}, "
+           f"data_dir=...).download_and_prepare()), then copy that folder "
+           f"here and point {field} at it.")
+  return (f"TFDS dataset {name!r} is not prepared in {field}={data_dir_root!r} "
+          f"(TFDS looked in that folder). This code never downloads. {how}")
+
+
+def _load_tfds(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
+  name = opts["name"]
+  if name not in TFDS_NAMES:
+    raise ValueError(f"{prefix}.name must be one of {', '.join(TFDS_NAMES)} "
+                     f"for {prefix}.source='tfds'; got {name!r}")
+  data_dir = _get(cfg, "data_dir")
+  if data_dir is not None:
+    data_dir = _check_path(data_dir, f"{prefix}.data_dir", "the TFDS data_dir")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    manual_dir = _get(cfg, "manual_dir")
+    if name == "imagenet2012" and manual_dir is not None:
+      builder = _prepare_imagenet(builder, manual_dir, prefix)
+    else:
+      raise FileNotFoundError(_tfds_not_prepared(
+          name, str(builder.data_dir_root), f"{prefix}.data_dir"))
+  if name == "imagenet2012":
+    return _load_tfds_random_access(builder, name, opts["image_size"],
+                                    f"{prefix}.data_dir")
+  augment, padding, pad_mode = _TFDS_AUGMENT[name]
+  return load_tfds_in_memory(builder, name, augment, padding, pad_mode)
+
+
+def _prepare_imagenet(builder: Any, manual_dir: Any, prefix: str) -> Any:
+  """Prepares imagenet2012 (array_record) from the tars in manual_dir.
+
+  Returns:
+    The builder of the prepared dataset.
+  """
+  manual_dir = _check_path(manual_dir, f"{prefix}.manual_dir",
+                           "the ImageNet manual download folder")
+  missing = [t for t in _IMAGENET_TARS
+             if not os.path.exists(os.path.join(manual_dir, t))]
+  if missing:
+    raise FileNotFoundError(
+        f"{prefix}.manual_dir={manual_dir!r} lacks {', '.join(missing)} "
+        "(download them from https://image-net.org after registering). "
+        + _tfds_not_prepared("imagenet2012", str(builder.data_dir_root),
+                             f"{prefix}.data_dir"))
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  logging.warning("Preparing imagenet2012 from %s into %s (array_record); "
+                  "this takes hours and ~150 GB.", manual_dir,
+                  builder.data_dir_root)
+  data_dir = str(builder.data_dir_root)
+  builder = tfds.builder("imagenet2012", data_dir=data_dir,
+                         file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def load_tfds_in_memory(builder: Any, name: str, augment: str,
+                        crop_padding: int, pad_mode: str) -> Dataset:
+  """Copies a prepared (small) TFDS dataset's train/test splits into memory.
+
+  Args:
+    builder: a prepared tfds builder with supervised keys (image, label) and
+      fixed-size uint8 images.
+    name: dataset name.
+    augment, crop_padding, pad_mode: see Dataset.
+
+  Returns:
+    An in-memory Dataset.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  for split in ("train", _TFDS_TEST_SPLIT.get(name, "test")):
+    ds = builder.as_dataset(split=split, as_supervised=True,
+                            batch_size=_TFDS_READ_BATCH, shuffle_files=False)
+    xs, ys = [], []
+    for x, y in tfds.as_numpy(ds):
+      xs.append(x)
+      ys.append(y)
+    x = np.concatenate(xs).astype(np.uint8, copy=False)
+    if x.ndim == 3:
+      x = x[..., None]
+    arrays[split] = (x, np.concatenate(ys).astype(np.int32))
+  (x_train, y_train), (x_test, y_test) = arrays.values()
+  label = builder.info.features["label"]
+  return _in_memory(name, x_train, y_train, x_test, y_test,
+                    label.num_classes, label.names, augment, crop_padding,
+                    pad_mode)
+
+
+def _load_tfds_random_access(builder: Any, name: str,
+                             image_size: tuple[int, int] | None,
+                             field: str) -> Dataset:
+  """Wraps a prepared array_record TFDS dataset as random-access sources."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  fmt = builder.info.file_format
+  fmt_name = getattr(fmt, "value", str(fmt))
+  if fmt_name != "array_record":
+    raise ValueError(
+        f"{name} in {field}={str(builder.data_dir_root)!r} is prepared in "
+        f"{fmt_name!r} format, but random access (reading only the coreset) "
+        "needs 'array_record'. Rebuild it: `tfds build "
+        f"{name} --data_dir=<new dir> --file_format=array_record` (or "
+        "`tfds convert_format --root_data_dir=... "
+        "--out_file_format=array_record`).")
+  # SkipDecoding: the records keep their JPEG bytes; tf.data decodes them in
+  # parallel (and only the crop window) instead of PIL in Python.
+  decoders = {"image": tfds.decode.SkipDecoding()}
+  train = builder.as_data_source("train", decoders=decoders)
+  test = builder.as_data_source(_TFDS_TEST_SPLIT.get(name, "test"),
+                                decoders=decoders)
+  label = builder.info.features["label"]
+  h, w = image_size or (224, 224)
+  return Dataset(
+      name=name, num_classes=label.num_classes, image_shape=(h, w, 3),
+      mean=_IMAGENET_MEAN, std=_IMAGENET_STD, num_train=len(train),
+      num_test=len(test), class_names=tuple(label.names), augment="imagenet",
+      train_source=train, test_source=test)
+
+
+# ---------------------------------------------------------------------------
+# npz.
+
+
+def _load_npz(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
+  path = _check_path(_get(cfg, "path"), f"{prefix}.path", "the .npz file")
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{prefix}.path={path!r} is not a readable .npz file: "
+                     f"{e}") from e
+  with data:
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test")
+               if k not in data.files]
+    if missing:
+      raise ValueError(f"{prefix}.path={path!r} lacks the arrays "
+                       f"{', '.join(missing)} (has {', '.join(data.files)})")
+    arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    class_names = (list(map(str, data["class_names"]))
+                   if "class_names" in data.files else None)
+  for split in ("train", "test"):
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.dtype != np.uint8:
+      raise ValueError(f"{prefix}.path: x_{split} must be uint8 images, got "
+                       f"{x.dtype}")
+    if x.ndim == 3:  # grey-scale [N, H, W]
+      x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+      raise ValueError(f"{prefix}.path: x_{split} must be [N,H,W] or "
+                       f"[N,H,W,C] with C in (1, 3), got {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype,
+                                                           np.integer):
+      raise ValueError(f"{prefix}.path: y_{split} must be integer [{len(x)}], "
+                       f"got {y.dtype} {y.shape}")
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+  if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+    raise ValueError(f"{prefix}.path: x_train and x_test image shapes differ: "
+                     f"{arrays['x_train'].shape[1:]} vs "
+                     f"{arrays['x_test'].shape[1:]}")
+  all_labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+  num_classes = (len(class_names) if class_names is not None
+                 else int(all_labels.max()) + 1)
+  if all_labels.min() < 0 or all_labels.max() >= num_classes:
+    raise ValueError(f"{prefix}.path: labels must be in [0, {num_classes}), "
+                     f"got [{all_labels.min()}, {all_labels.max()}]")
+  name = os.path.splitext(os.path.basename(path))[0]
+  augment, padding, pad_mode = _user_augment(arrays["x_train"].shape[1:])
+  return _in_memory(name, arrays["x_train"], arrays["y_train"],
+                    arrays["x_test"], arrays["y_test"], num_classes,
+                    class_names, augment, padding, pad_mode)
+
+
+# ---------------------------------------------------------------------------
+# Image folder.
+
+_TEST_DIR_NAMES = ("test", "val", "validation")
+
+
+def _list_images(split_dir: str) -> dict[str, list[str]]:
+  """{class name: sorted image paths} of one split folder."""
+  out = {}
+  for cls in sorted(os.listdir(split_dir)):
+    cls_dir = os.path.join(split_dir, cls)
+    if not os.path.isdir(cls_dir):
+      continue
+    files = sorted(
+        os.path.join(cls_dir, f) for f in os.listdir(cls_dir)
+        if f.lower().endswith(IMAGE_EXTENSIONS))
+    out[cls] = files
+  return out
+
+
+def _read_images(paths: list[str], mode: str,
+                 size: tuple[int, int] | None, field: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = []
+  for p in paths:
+    with Image.open(p) as im:
+      im = im.convert(mode)
+      if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+      images.append(np.asarray(im, dtype=np.uint8))
+  shapes = {im.shape for im in images}
+  if len(shapes) > 1:
+    raise ValueError(f"images have different sizes ({sorted(shapes)[:3]}...); "
+                     f"set {field} to resize them")
+  x = np.stack(images)
+  return x[..., None] if x.ndim == 3 else x
+
+
+def _load_image_folder(cfg: Any, opts: dict[str, Any], prefix: str
+                       ) -> Dataset:
+  root = _check_path(_get(cfg, "path"), f"{prefix}.path",
+                     "the image folder root")
+  train_dir = os.path.join(root, "train")
+  test_dirs = [os.path.join(root, d) for d in _TEST_DIR_NAMES]
+  test_dir = next((d for d in test_dirs if os.path.isdir(d)), None)
+  if not os.path.isdir(train_dir) or test_dir is None:
+    raise FileNotFoundError(
+        f"{prefix}.path={root!r} must hold train/<class>/<images> and "
+        f"test/<class>/<images> (or val/, validation/); found "
+        f"{sorted(os.listdir(root))}")
+  train = _list_images(train_dir)
+  test = _list_images(test_dir)
+  class_names = sorted(train)
+  if not class_names or not any(train.values()):
+    raise FileNotFoundError(f"{prefix}.path: no images ({IMAGE_EXTENSIONS}) "
+                            f"in class folders under {train_dir}")
+  unknown = sorted(set(test) - set(class_names))
+  if unknown:
+    raise ValueError(f"{prefix}.path: {test_dir} has classes not in "
+                     f"{train_dir}: {unknown}")
+  mode = "L" if opts["channels"] == 1 else "RGB"
+  size = opts["image_size"]
+  arrays = []
+  for split in (train, test):
+    paths = [p for c in class_names for p in split.get(c, [])]
+    labels = [i for i, c in enumerate(class_names)
+              for _ in split.get(c, [])]
+    if not paths:
+      raise FileNotFoundError(f"{prefix}.path: no images in {test_dir}")
+    arrays.append((_read_images(paths, mode, size, f"{prefix}.image_size"),
+                   np.asarray(labels, np.int32)))
+  (x_train, y_train), (x_test, y_test) = arrays
+  if x_train.shape[1:] != x_test.shape[1:]:
+    raise ValueError(f"train and test images differ in size; set "
+                     f"{prefix}.image_size")
+  name = os.path.basename(os.path.normpath(root))
+  augment, padding, pad_mode = _user_augment(x_train.shape[1:])
+  return _in_memory(name, x_train, y_train, x_test, y_test, len(class_names),
+                    class_names, augment, padding, pad_mode)
+
+
+# ---------------------------------------------------------------------------
+# Digits (embedded) and synthetic.
+
+
+def _load_digits() -> Dataset:
+  """scikit-learn's 8x8 digits: 1437 train / 360 test, stratified, fixed.
+
+  Pixel values 0..16 are scaled to 0..255. Training augmentation: random crop
+  with 1 pixel of zero padding (the background is 0), no flip.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  # pylint: enable=g-import-not-at-top
+  digits = load_digits()
+  x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  y = digits.target.astype(np.int32)
+  train_idx, test_idx = train_test_split(
+      np.arange(len(y)), test_size=DIGITS_NUM_TEST, stratify=y,
+      random_state=_DIGITS_SPLIT_SEED)
+  # Sorted so the sample index follows the original order.
+  train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+  return _in_memory("digits", x[train_idx], y[train_idx],
+                    x[test_idx], y[test_idx], 10, [str(i) for i in range(10)],
+                    "crop", 1, "constant")
+
+
+def _load_synthetic(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
+  """Seeded easy task: a fixed +-1 pattern per class plus Gaussian noise.
+
+  Pixel = clip(128 + 48 * pattern[label] + N(0, 32^2)). The class signal per
+  pixel is 1.5 noise sigmas, over H*W*C pixels, so even a linear model
+  separates the classes after a few steps. Labels are balanced (i % K,
+  shuffled). Default augmentation "none" (crops would shift the patterns).
+  """
+  num_train = _check_int(_get(cfg, "num_train"), f"{prefix}.num_train", 1)
+  num_test = _check_int(_get(cfg, "num_test"), f"{prefix}.num_test", 1)
+  num_classes = _check_int(_get(cfg, "num_classes"), f"{prefix}.num_classes",
+                           2)
+  h, w = opts["image_size"] or (8, 8)
+  c = opts["channels"] or 3
+  rng = np.random.default_rng([opts["seed"], 0x5717])
+  patterns = rng.choice(np.array([-1.0, 1.0]), size=(num_classes, h, w, c))
+
+  def make(n):
+    y = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    x = 128.0 + 48.0 * patterns[y] + rng.normal(0.0, 32.0, (n, h, w, c))
+    return np.clip(np.round(x), 0, 255).astype(np.uint8), y
+
+  x_train, y_train = make(num_train)
+  x_test, y_test = make(num_test)
+  padding, pad_mode = _default_padding((h, w))
+  return _in_memory("synthetic", x_train, y_train, x_test,
+                    y_test, num_classes, None, "none", padding, pad_mode)

@@ -1,0 +1,519 @@
+"""The paper's procedure from config to result: FP teacher, then QAT on ACS.
+
+    train_and_evaluate(config, workdir)
+
+Stage 1 trains the full-precision teacher on the full training set (or loads
+it from config.teacher.checkpoint), reports its test accuracy and saves it to
+WORKDIR/teacher. Stage 2 initialises the quantized student from the teacher's
+weights (LSQ step sizes calibrated on a training batch), then trains it with
+knowledge distillation from the frozen teacher on the current coreset; the
+selector runs at epoch 0 and every R epochs (ACS) or once after warm-up
+(one-shot baselines). Outputs in WORKDIR: metrics.jsonl, TensorBoard events
+(tb/), selections/ (indices and per-class counts of every selection),
+config.json and summary.json.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from acs_jax import checkpoint as ckpt_lib
+from acs_jax import config_lib
+from acs_jax import env
+from acs_jax import models
+from acs_jax import quant
+from acs_jax import sharding
+from acs_jax import steps
+from acs_jax.coreset import baselines
+from acs_jax.coreset import scores as scores_lib
+from acs_jax.coreset import selector as selector_lib
+from acs_jax.data import datasets
+from acs_jax.data import input_pipeline
+from acs_jax.metrics import MetricsWriter, progress
+
+ConfigError = config_lib.ConfigError
+
+
+# ---------------------------------------------------------------------------
+# Small host-side helpers.
+
+
+def _eval_batch_size(config) -> int:
+  return config.train.eval_batch_size or config.train.batch_size
+
+
+def _check_batch(batch: int, field: str, n_dev: int) -> None:
+  if batch % n_dev:
+    raise ConfigError(
+        f"config.{field}={batch} must be a multiple of the number of devices "
+        f"({n_dev}); valid values: {n_dev}, {2 * n_dev}, {4 * n_dev}, ...")
+
+
+def data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config.data as load_dataset reads it: "" / 0 / "auto" mean "default"."""
+  out = {}
+  for k, v in data.items():
+    if v in ("", "auto") or (k in ("image_size", "channels") and v == 0):
+      v = None
+    out[k] = v
+  return out
+
+
+def coreset_size(labels: np.ndarray, fraction: float, balance: bool) -> int:
+  """How many samples a selection at `fraction` keeps (per-class rounding)."""
+  if fraction >= 1.0:
+    return len(labels)
+  if balance:
+    counts = np.bincount(labels)
+    return int(np.sum(selector_lib.class_budgets(counts[counts > 0],
+                                                 fraction)))
+  return max(1, int(np.round(fraction * len(labels))))
+
+
+def _class_counts(indices: np.ndarray, labels: np.ndarray,
+                  num_classes: int) -> list[int]:
+  return np.bincount(labels[indices], minlength=num_classes).tolist()
+
+
+# ---------------------------------------------------------------------------
+# Device-side functions, jitted once per run.
+
+
+class Runner:
+  """Holds one model's jitted step functions, bound to the mesh."""
+
+  def __init__(self, model, mesh, *, loss: str, kd_alpha: float,
+               lr_schedule, teacher_model=None):
+    self.model = model
+    self.mesh = mesh
+    repl = sharding.replicated(mesh)
+    teacher_apply = teacher_model.apply if teacher_model is not None else None
+    self.train_step = jax.jit(
+        functools.partial(steps.train_step, apply_fn=model.apply, loss=loss,
+                          kd_alpha=kd_alpha, teacher_apply_fn=teacher_apply,
+                          lr_schedule=lr_schedule),
+        donate_argnums=(0,), out_shardings=(repl, repl))
+    self.eval_step = jax.jit(functools.partial(steps.eval_step,
+                                               apply_fn=model.apply),
+                             out_shardings=repl)
+    self.score_fn = scores_lib.make_score_fn(
+        lambda v, x: model.apply(v, x, train=False, features=True))
+
+
+def evaluate(runner: Runner, variables, dataset, batch_size: int,
+             split: str = "test") -> dict[str, float]:
+  """Top-1/top-5/loss over every sample of `split` exactly once."""
+  totals = None
+  it = input_pipeline.make_eval_iterator(
+      dataset, split, batch_size=batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  for batch in it:
+    out = runner.eval_step(variables, sharding.host_to_global(batch,
+                                                              runner.mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.tree.map(float, sharding.to_host(totals))
+  n = max(totals["count"], 1.0)
+  return {"top1": totals["top1"] / n, "top5": totals["top5"] / n,
+          "loss": totals["loss"] / n, "count": int(totals["count"])}
+
+
+def init_variables(model, image_shape, seed: int, sample: np.ndarray | None
+                   = None):
+  """Initialises `model` (activation steps from `sample` if given)."""
+  x = (jnp.zeros((2, *image_shape), jnp.float32) if sample is None
+       else jnp.asarray(sample))
+  return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(x)
+
+
+def _first_train_batch(dataset, batch_size: int, seed: int) -> np.ndarray:
+  """A deterministic unaugmented training batch (for LSQ calibration)."""
+  n = dataset.num_examples("train")
+  rng = np.random.default_rng(seed)
+  idx = np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
+  it = input_pipeline.make_train_iterator(
+      dataset, idx, global_batch=len(idx), seed=seed, epoch=0, augment=False)
+  return next(iter(it))["image"]
+
+
+# ---------------------------------------------------------------------------
+# The epoch loop shared by both stages.
+
+
+def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
+               dataset, epochs: int, batch_size: int, seed: int, rng,
+               eval_every: int, eval_batch_size: int, writer: MetricsWriter,
+               choose_indices: Callable[[int, steps.TrainState],
+                                        tuple[np.ndarray, dict]],
+               teacher_variables=None, on_epoch_end=None,
+               log_every_steps: int = 50):
+  """Trains for `epochs`; `choose_indices(epoch, state)` gives each epoch's
+  sample indices (a selector, or all of them) and extra metrics."""
+  mesh = runner.mesh
+  best = {"top1": -1.0}
+  last_eval = None
+  global_start = time.time()
+  bar = progress(range(epochs), desc=stage, unit="epoch")
+  for epoch in bar:
+    t0 = time.time()
+    indices, extra = choose_indices(epoch, state)
+    t_select = time.time() - t0
+    it = input_pipeline.make_train_iterator(
+        dataset, indices, global_batch=batch_size, seed=seed, epoch=epoch,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    t1 = time.time()
+    loss_sum, acc_sum, n_steps, lr = None, None, 0, None
+    correct_log = []
+    for batch in it:
+      gbatch = sharding.host_to_global(batch, mesh)
+      state, m = runner.train_step(state, gbatch, rng, teacher_variables)
+      loss_sum = m["loss"] if loss_sum is None else loss_sum + m["loss"]
+      acc_sum = m["accuracy"] if acc_sum is None else acc_sum + m["accuracy"]
+      lr = m.get("lr")
+      if on_epoch_end is not None:
+        correct_log.append((batch["index"], m["correct"]))
+      n_steps += 1
+      if log_every_steps and n_steps % log_every_steps == 0:
+        logging.info("%s epoch %d step %d loss %.4f", stage, epoch, n_steps,
+                     float(m["loss"]))
+    if n_steps == 0:
+      raise ConfigError(f"config.{stage}.batch_size={batch_size} is larger "
+                        f"than the {len(indices)} samples of epoch {epoch}")
+    train_loss = float(loss_sum) / n_steps
+    train_acc = float(acc_sum) / n_steps
+    t_train = time.time() - t1
+    if on_epoch_end is not None:
+      on_epoch_end(epoch, correct_log)
+    t2 = time.time()
+    record = {"stage": stage, "epoch": epoch + 1, "step": int(state.step),
+              "train_loss": train_loss, "train_accuracy": train_acc,
+              "lr": None if lr is None else float(lr),
+              "num_samples": int(len(indices)), "steps": n_steps,
+              "seconds_select": t_select, "seconds_train": t_train, **extra}
+    if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+      last_eval = evaluate(runner, {"params": state.params,
+                                    "batch_stats": state.batch_stats},
+                           dataset, eval_batch_size)
+      record.update({f"test_{k}": v for k, v in last_eval.items()
+                     if k != "count"})
+      if last_eval["top1"] > best["top1"]:
+        best = {**last_eval, "epoch": epoch + 1}
+    record["seconds_eval"] = time.time() - t2
+    record["wall_time"] = time.time() - global_start
+    writer.write(record)
+    bar.set_postfix(loss=f"{train_loss:.3f}",
+                    top1=f"{(last_eval or {}).get('top1', float('nan')):.3f}")
+  return state, last_eval, best
+
+
+# ---------------------------------------------------------------------------
+# Stage 1: the full-precision teacher.
+
+
+def _teacher_meta(config, dataset) -> dict:
+  return {"model": config.model.name, "block": config.model.block,
+          "stem": config.model.stem, "width_mult": config.model.width_mult,
+          "num_classes": int(dataset.num_classes),
+          "image_shape": list(dataset.image_shape)}
+
+
+def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer):
+  """Loads or trains the FP teacher. Returns (variables, test metrics)."""
+  meta = _teacher_meta(config, dataset)
+  like = jax.eval_shape(lambda: init_variables(teacher_model,
+                                               dataset.image_shape,
+                                               config.seed))
+  teacher_dir = os.path.join(workdir, "teacher")
+  source = config.teacher.checkpoint or (
+      teacher_dir if os.path.exists(os.path.join(teacher_dir, "teacher.json"))
+      else "")
+  runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
+                  lr_schedule=None)
+  if source:
+    variables, saved = ckpt_lib.load_teacher(source, like, meta)
+    variables = sharding.replicate(variables, mesh)
+    result = evaluate(runner, variables, dataset, _eval_batch_size(config))
+    logging.info("Loaded teacher from %s: test top-1 %.4f", source,
+                 result["top1"])
+    return variables, result
+
+  c = config.teacher
+  labels = dataset.arrays("train")[1]
+  all_idx = np.arange(len(labels), dtype=np.int64)
+  spe = input_pipeline.steps_per_epoch(len(all_idx), c.batch_size)
+  tx, schedule = steps.make_optimizer(c, spe, step_size_lr_mult=1.0)
+  runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
+                  lr_schedule=schedule)
+  variables = init_variables(teacher_model, dataset.image_shape, config.seed)
+  state = steps.TrainState.create(apply_fn=teacher_model.apply,
+                                  params=variables["params"], tx=tx,
+                                  batch_stats=variables["batch_stats"])
+  state = sharding.replicate(state, mesh)
+  rng = jax.random.key(config.seed + 1)
+  state, result, _ = run_epochs(
+      stage="teacher", runner=runner, state=state, dataset=dataset,
+      epochs=c.epochs, batch_size=c.batch_size, seed=config.seed, rng=rng,
+      eval_every=max(1, c.epochs), eval_batch_size=_eval_batch_size(config),
+      writer=writer, choose_indices=lambda e, s: (all_idx, {}),
+      log_every_steps=config.log_every_steps)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  if result is None:
+    result = evaluate(runner, variables, dataset, _eval_batch_size(config))
+  if jax.process_index() == 0:
+    ckpt_lib.save_teacher(teacher_dir, sharding.to_host(variables),
+                          {**meta, "test_top1": result["top1"]})
+  return variables, result
+
+
+# ---------------------------------------------------------------------------
+# Stage 2: QAT on the coreset.
+
+
+class CoresetSchedule:
+  """Decides, per epoch, which samples the student trains on."""
+
+  def __init__(self, config, dataset, runner: Runner, teacher_model,
+               teacher_variables, mesh, workdir, writer):
+    c = config.coreset
+    self.c = c
+    self.config = config
+    self.dataset = dataset
+    self.labels = np.asarray(dataset.arrays("train")[1], np.int64)
+    self.num_classes = dataset.num_classes
+    self.n = len(self.labels)
+    self.runner = runner
+    self.mesh = mesh
+    self.teacher_model = teacher_model
+    self.teacher_variables = teacher_variables
+    self.selector = baselines.get_selector(c.selector)
+    if c.adaptive == "auto":
+      self.adaptive = self.selector.mode == "adaptive"
+    else:
+      self.adaptive = c.adaptive == "yes"
+    self.sel_dir = os.path.join(workdir, "selections")
+    self.writer = writer
+    self.total_epochs = config.train.epochs
+    self.indices = np.arange(self.n, dtype=np.int64)
+    self.teacher_probs = None
+    self.tracker = (baselines.ForgettingTracker(self.n)
+                    if "forgetting_counts" in self.selector.needs else None)
+    self.beta = None
+    self.score_batch = c.score_batch_size or _eval_batch_size(config)
+
+  def is_selection_epoch(self, epoch: int) -> bool:
+    if self.selector.mode == "full":
+      return False
+    warm = self.c.warmup_epochs
+    if epoch == warm:
+      return True
+    return (self.adaptive and epoch > warm
+            and (epoch - warm) % self.c.data_update_epochs == 0)
+
+  def _score(self, state) -> dict[str, np.ndarray]:
+    needs = [k for k in self.selector.needs
+             if k in ("evs", "ds", "logits", "embedding")]
+    if not needs:
+      return {}
+    if "ds" in needs and self.teacher_probs is None:
+      t0 = time.time()
+      apply = lambda v, x: self.teacher_model.apply(v, x, train=False)  # noqa
+      self.teacher_probs = scores_lib.compute_teacher_probs(
+          apply, self.teacher_variables, self._score_batches(), self.n,
+          self.mesh)
+      logging.info("Teacher softmax over %d training samples cached "
+                   "(%s, %.1fs)", self.n, self.teacher_probs.dtype,
+                   time.time() - t0)
+    probs = self.teacher_probs
+    if probs is None:  # DS unused: a zero-cost stand-in (zero strides).
+      probs = np.broadcast_to(np.zeros((1, self.num_classes), np.float32),
+                              (self.n, self.num_classes))
+    return scores_lib.score_dataset(
+        self.runner.score_fn,
+        {"params": state.params, "batch_stats": state.batch_stats},
+        self._score_batches(), self.n, self.mesh, teacher_probs=probs,
+        keep=tuple(needs))
+
+  def _score_batches(self):
+    return input_pipeline.make_eval_iterator(
+        self.dataset, "train", batch_size=self.score_batch,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def __call__(self, epoch: int, state) -> tuple[np.ndarray, dict]:
+    extra = {}
+    if self.is_selection_epoch(epoch):
+      t0 = time.time()
+      inputs = self._score(state)
+      if self.tracker is not None:
+        inputs["forgetting_counts"] = self.tracker.counts()
+      t_score = time.time() - t0
+      record = {"epoch": epoch, "selector": self.c.selector}
+      if self.c.selector == "acs":
+        idx, rec = selector_lib.acs_select(
+            inputs["evs"], inputs["ds"], self.labels, epoch=epoch,
+            total_epochs=self.total_epochs, fraction=self.c.fraction,
+            schedule=self.c.schedule, balance=self.c.balance,
+            constant=self.c.constant_beta)
+        if jax.process_index() == 0:
+          rec.save(self.sel_dir)
+        self.beta = rec.beta
+        record.update(rec.to_json_dict())
+      else:
+        idx = self.selector(
+            inputs, labels=self.labels, fraction=self.c.fraction,
+            balance=self.c.balance, seed=self.config.seed + epoch,
+            **({"val_fraction": self.c.glister_val_fraction}
+               if self.c.selector == "glister" else {}))
+        record.update({"num_selected": int(len(idx)),
+                       "class_counts": _class_counts(idx, self.labels,
+                                                     self.num_classes)})
+        if jax.process_index() == 0:
+          os.makedirs(self.sel_dir, exist_ok=True)
+          np.save(os.path.join(self.sel_dir, f"selection_epoch{epoch:04d}.npy"),
+                  idx)
+      self.indices = np.asarray(idx, np.int64)
+      record["seconds_score"] = t_score
+      record["seconds_select"] = time.time() - t0 - t_score
+      self.writer.write_selection(record)
+      extra["selected"] = True
+    extra["beta"] = self.beta
+    extra["coreset_size"] = int(len(self.indices))
+    return self.indices, extra
+
+  def on_epoch_end(self, epoch, correct_log):
+    if self.tracker is None or epoch >= self.c.warmup_epochs:
+      return
+    for idx, correct in correct_log:
+      self.tracker.update(np.asarray(idx), sharding.to_host(correct))
+
+
+def student_stage(config, dataset, teacher_model, teacher_variables,
+                  student_model, mesh, workdir, writer):
+  c = config.train
+  labels = np.asarray(dataset.arrays("train")[1])
+  sel = baselines.get_selector(config.coreset.selector)
+  full_size = len(labels)
+  size = (full_size if sel.mode == "full" else
+          coreset_size(labels, config.coreset.fraction, config.coreset.balance))
+  if c.batch_size > size:
+    raise ConfigError(
+        f"config.train.batch_size={c.batch_size} is larger than the coreset "
+        f"({size} samples = fraction {config.coreset.fraction} of "
+        f"{full_size}); lower the batch size or raise config.coreset.fraction")
+  # The LR schedule spans warm-up epochs on the full data and coreset epochs.
+  warm = config.coreset.warmup_epochs if sel.mode != "full" else 0
+  spe_core = input_pipeline.steps_per_epoch(size, c.batch_size)
+  spe_full = input_pipeline.steps_per_epoch(full_size, c.batch_size)
+  total_steps = warm * spe_full + (c.epochs - warm) * spe_core
+  spe_mean = total_steps / c.epochs
+  tx, schedule = steps.make_optimizer(
+      c, spe_mean, step_size_lr_mult=c.step_size_lr_mult)
+
+  # Student = teacher weights + LSQ steps calibrated on a training batch.
+  sample = _first_train_batch(dataset, min(c.batch_size, 256), config.seed)
+  student_vars = init_variables(student_model, dataset.image_shape,
+                                config.seed, sample)
+  host_teacher = sharding.to_host(teacher_variables)
+  params = models.transfer_params(host_teacher["params"],
+                                  sharding.to_host(student_vars["params"]))
+  student_vars = quant.calibrate(
+      student_model, {"params": params,
+                      "batch_stats": host_teacher["batch_stats"]},
+      jnp.asarray(sample))
+  state = steps.TrainState.create(apply_fn=student_model.apply,
+                                  params=student_vars["params"], tx=tx,
+                                  batch_stats=student_vars["batch_stats"])
+  state = sharding.replicate(state, mesh)
+  runner = Runner(student_model, mesh, loss=c.loss, kd_alpha=c.kd_alpha,
+                  lr_schedule=schedule, teacher_model=teacher_model)
+  initial = evaluate(runner, {"params": state.params,
+                              "batch_stats": state.batch_stats}, dataset,
+                     _eval_batch_size(config))
+  logging.info("Student (%s) at init: test top-1 %.4f",
+               quant.from_config(config.quant).name, initial["top1"])
+  schedule_sel = CoresetSchedule(config, dataset, runner, teacher_model,
+                                 teacher_variables, mesh, workdir, writer)
+  rng = jax.random.key(config.seed + 2)
+  state, last, best = run_epochs(
+      stage="train", runner=runner, state=state, dataset=dataset,
+      epochs=c.epochs, batch_size=c.batch_size, seed=config.seed + 1000,
+      rng=rng, eval_every=c.eval_every,
+      eval_batch_size=_eval_batch_size(config), writer=writer,
+      choose_indices=schedule_sel,
+      teacher_variables=teacher_variables if c.loss != "ce" else None,
+      on_epoch_end=(schedule_sel.on_epoch_end
+                    if schedule_sel.tracker is not None else None),
+      log_every_steps=config.log_every_steps)
+  return state, initial, last, best
+
+
+# ---------------------------------------------------------------------------
+
+
+def _prepare_workdir(config, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Runs the teacher and the QAT stage; returns the summary dict."""
+  config_lib.validate(config)
+  env.configure_jax()
+  mesh = sharding.make_mesh()
+  n_dev = mesh.devices.size
+  for field in ("teacher.batch_size", "train.batch_size"):
+    _check_batch(config[field.split(".")[0]][field.split(".")[1]], field,
+                 n_dev)
+  _check_batch(_eval_batch_size(config), "train.eval_batch_size", n_dev)
+  if config.coreset.score_batch_size:
+    _check_batch(config.coreset.score_batch_size, "coreset.score_batch_size",
+                 n_dev)
+  dataset = datasets.load_dataset(data_config(config.data))
+  qc = quant.from_config(config.quant)
+  if qc.is_float:
+    raise ConfigError("config.quant.bits='fp' leaves nothing to quantize; "
+                      "valid values: 'w<B>' or 'w<B>a<B>' (e.g. 'w2', "
+                      "'w4a4')")
+  make = functools.partial(models.model_from_config, config,
+                           dataset.num_classes, dataset.image_shape[0])
+  teacher_model, student_model = make(qc.as_float()), make(qc)
+  _prepare_workdir(config, workdir)
+  logging.info("Devices: %d (%s), processes: %d", n_dev,
+               jax.devices()[0].platform, jax.process_count())
+  t_start = time.time()
+  with MetricsWriter(workdir) as writer:
+    t0 = time.time()
+    teacher_vars, teacher_eval = teacher_stage(config, dataset, teacher_model,
+                                               mesh, workdir, writer)
+    t_teacher = time.time() - t0
+    logging.info("Teacher test top-1: %.4f", teacher_eval["top1"])
+    t0 = time.time()
+    _, initial, last, best = student_stage(
+        config, dataset, teacher_model, teacher_vars, student_model, mesh,
+        workdir, writer)
+    t_student = time.time() - t0
+    summary = {
+        "dataset": dataset.name, "model": config.model.name,
+        "bits": qc.name, "selector": config.coreset.selector,
+        "fraction": config.coreset.fraction,
+        "teacher_test_top1": teacher_eval["top1"],
+        "student_init_test_top1": initial["top1"],
+        "student_final_test_top1": last["top1"] if last else None,
+        "student_final_test_top5": last["top5"] if last else None,
+        "student_best_test_top1": best.get("top1"),
+        "student_best_epoch": best.get("epoch"),
+        "seconds_teacher": t_teacher, "seconds_student": t_student,
+        "seconds_total": time.time() - t_start,
+    }
+    writer.write_summary(summary)
+  return summary
