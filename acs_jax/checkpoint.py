@@ -79,3 +79,127 @@ def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:
                           f"restored (corrupt or incompatible): "
                           f"{type(e).__name__}: {e}") from None
   return jax.tree.map(np.asarray, restored), meta
+
+
+# ---------------------------------------------------------------------------
+# Run checkpoints: train state + selector state at epoch boundaries.
+
+
+class RunCheckpointer:
+  """Epoch-boundary checkpoints of one training stage, for resuming.
+
+  Layout: `<directory>/latest/<epoch>/` (the last `keep`) and
+  `<directory>/best/<epoch>/` (the best by test top-1), each holding
+    state:    {"params", "batch_stats", "opt_state", "step"} (orbax, exact),
+    selector: the selector's numpy arrays (coreset indices, forgetting
+              counters), possibly empty,
+    meta:     JSON: epoch, best metrics, the selector's scalars, and the
+              config fingerprint that a resuming run must match.
+  The random state needs no saving: every draw is a function of the config
+  seed, the epoch and the step (fold_in), all of which are restored.
+  Saves are asynchronous (orbax copies device arrays to host before
+  returning, so donating the state afterwards is safe).
+  """
+
+  def __init__(self, directory: str, *, keep: int, fingerprint: dict):
+    self.directory = os.path.abspath(directory)
+    self.fingerprint = fingerprint
+    self._managers = {}
+    self._keep = keep
+
+  def _manager(self, kind: str) -> ocp.CheckpointManager:
+    if kind not in self._managers:
+      opts = ocp.CheckpointManagerOptions(
+          max_to_keep=self._keep if kind == "latest" else 1, create=True,
+          enable_async_checkpointing=True)
+      self._managers[kind] = ocp.CheckpointManager(
+          os.path.join(self.directory, kind), options=opts)
+    return self._managers[kind]
+
+  def latest_epoch(self) -> int | None:
+    """The newest complete checkpoint's epoch, without creating anything."""
+    path = os.path.join(self.directory, "latest")
+    if not os.path.isdir(path):
+      return None
+    epochs = [int(d) for d in os.listdir(path) if d.isdigit()
+              and os.path.exists(os.path.join(path, d, "meta"))]
+    return max(epochs) if epochs else None
+
+  def check_compatible(self) -> None:
+    """Refuses (CheckpointError) a checkpoint written under another config.
+
+    Reads only the JSON meta; writes nothing.
+    """
+    epoch = self.latest_epoch()
+    if epoch is None:
+      return
+    meta = self._read_meta(epoch)
+    saved = meta.get("fingerprint", {})
+    diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items()
+            if saved.get(k) != v}
+    if diff:
+      fields = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now"
+                         for k, (a, b) in sorted(diff.items()))
+      raise CheckpointError(
+          f"the checkpoint in {self.directory} (epoch {epoch}) comes from an "
+          f"incompatible config ({fields}). Use another --workdir, or restore "
+          "those values; nothing was changed in the workdir.")
+
+  def _read_meta(self, epoch: int) -> dict:
+    path = os.path.join(self.directory, "latest", str(epoch), "meta",
+                        "metadata")
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise CheckpointError(
+          f"checkpoint {os.path.dirname(os.path.dirname(path))} is corrupt "
+          f"(its meta cannot be read: {e}); move it away to start afresh, "
+          "nothing was changed in the workdir") from None
+
+  def restore(self, state_like: dict) -> tuple[dict, dict, dict] | None:
+    """(state arrays, selector arrays, meta) of the latest checkpoint.
+
+    Returns None when there is none. Raises CheckpointError when it is
+    corrupt or incompatible; nothing is written or deleted then.
+    """
+    epoch = self.latest_epoch()
+    if epoch is None:
+      return None
+    self.check_compatible()
+    try:
+      restored = self._manager("latest").restore(
+          epoch, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(_abstract(state_like)),
+              selector=ocp.args.StandardRestore(),
+              meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for damaged files.
+      raise CheckpointError(
+          f"checkpoint {self.directory}/latest/{epoch} could not be restored "
+          f"(corrupt or incompatible): {type(e).__name__}: {e}. Move it away "
+          "to resume from an earlier one; nothing was changed in the "
+          "workdir") from None
+    selector = {k: np.asarray(v) for k, v in (restored.selector or {}).items()}
+    return restored.state, selector, dict(restored.meta)
+
+  def save(self, epoch: int, state: dict, selector: dict, meta: dict,
+           is_best: bool = False) -> None:
+    meta = {**meta, "epoch": int(epoch), "fingerprint": self.fingerprint}
+    # An empty selector dict is not a valid orbax item: keep one scalar.
+    selector = dict(selector) or {"_empty": np.zeros((), np.int8)}
+    kinds = ("latest", "best") if is_best else ("latest",)
+    for kind in kinds:
+      self._manager(kind).save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          selector=ocp.args.StandardSave(selector),
+          meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    for m in self._managers.values():
+      m.wait_until_finished()
+
+  def close(self) -> None:
+    for m in self._managers.values():
+      m.wait_until_finished()
+      m.close()
+    self._managers = {}

@@ -34,3 +34,21 @@ def configure_jax() -> None:
   """
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_threefry_partitionable", False)
+
+
+class _DropLibraryInfo:
+  """absl-logging filter: INFO lines of chatty libraries (orbax) are dropped."""
+  _NOISY = (os.sep + "orbax" + os.sep,)
+
+  def filter(self, record) -> bool:
+    import logging  # pylint: disable=g-import-not-at-top
+    return record.levelno >= logging.WARNING or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own INFO log readable (orbax logs every file it moves)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())

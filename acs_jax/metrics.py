@@ -33,15 +33,20 @@ class MetricsWriter:
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
     self._tb = None
-    if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+
+  def _tensorboard(self):
+    """The event-file writer, created at the first record (so a run that is
+    refused before its first epoch leaves no new file behind)."""
+    if self._tb is None and self.enabled:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
       from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+      self._tf = tf
+      os.makedirs(self.workdir, exist_ok=True)
+      self._tb = tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
       self._scalar_meta = summary_pb2.SummaryMetadata(
           plugin_data=summary_pb2.SummaryMetadata.PluginData(
               plugin_name="scalars"))
+    return self._tb
 
   def _append(self, name: str, record: dict) -> None:
     if not self.enabled:
@@ -53,10 +58,11 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     """One epoch's metrics (a JSON line, and TB scalars at record['step'])."""
     self._append("metrics.jsonl", record)
-    if self._tb is None:
+    tb = self._tensorboard()
+    if tb is None:
       return
     stage = record.get("stage", "train")
-    with self._tb.as_default():
+    with tb.as_default():
       for k, v in record.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
           # tf.summary.scalar needs the tensorboard package; the core write
@@ -65,7 +71,32 @@ class MetricsWriter:
                                  self._tf.constant(float(v), self._tf.float32),
                                  step=int(record.get("step", 0)),
                                  metadata=self._scalar_meta)
-    self._tb.flush()
+    tb.flush()
+
+  def rewind(self, stage: str, epoch: int) -> None:
+    """Drops records past `epoch` of `stage` (a resumed run redoes them).
+
+    Epoch records carry the number of finished epochs; selections the
+    0-based epoch at whose start they ran.
+    """
+    if not self.enabled:
+      return
+    for name, keep in (
+        ("metrics.jsonl",
+         lambda r: r.get("stage") != stage or r.get("epoch", 0) <= epoch),
+        ("selections.jsonl",
+         lambda r: stage != "train" or r.get("epoch", 0) < epoch)):
+      path = os.path.join(self.workdir, name)
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+      kept = [r for r in records if keep(r)]
+      if len(kept) != len(records):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+          f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        os.replace(tmp, path)
 
   def write_selection(self, record: dict) -> None:
     self._append("selections.jsonl", record)

@@ -154,14 +154,37 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
                choose_indices: Callable[[int, steps.TrainState],
                                         tuple[np.ndarray, dict]],
                teacher_variables=None, on_epoch_end=None,
-               log_every_steps: int = 50):
+               log_every_steps: int = 50,
+               ckpt: ckpt_lib.RunCheckpointer | None = None,
+               ckpt_every: int = 1, selector_state=None):
   """Trains for `epochs`; `choose_indices(epoch, state)` gives each epoch's
-  sample indices (a selector, or all of them) and extra metrics."""
+  sample indices (a selector, or all of them) and extra metrics.
+
+  With `ckpt`, the stage resumes from its latest checkpoint (train state,
+  epoch, best/last metrics, and the selector's state through
+  `selector_state`, an object with state_dict()/load_state_dict()), and
+  saves one every `ckpt_every` epochs and at the end.
+  """
   mesh = runner.mesh
   best = {"top1": -1.0}
   last_eval = None
+  start_epoch = 0
+  if ckpt is not None:
+    restored = ckpt.restore(_state_arrays(state))
+    if restored is not None:
+      arrays, sel_arrays, meta = restored
+      state = sharding.replicate(state.replace(**arrays), mesh)
+      start_epoch = int(meta["epoch"])
+      best = meta.get("best") or best
+      last_eval = meta.get("last_eval")
+      if selector_state is not None:
+        selector_state.load_state_dict(sel_arrays, meta.get("selector", {}))
+      writer.rewind(stage, start_epoch)
+      logging.info("Resumed %s from epoch %d (%s)", stage, start_epoch,
+                   ckpt.directory)
   global_start = time.time()
-  bar = progress(range(epochs), desc=stage, unit="epoch")
+  bar = progress(range(start_epoch, epochs), desc=stage, unit="epoch",
+                 initial=start_epoch, total=epochs)
   for epoch in bar:
     t0 = time.time()
     indices, extra = choose_indices(epoch, state)
@@ -209,9 +232,25 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
     record["seconds_eval"] = time.time() - t2
     record["wall_time"] = time.time() - global_start
     writer.write(record)
+    if ckpt is not None and ((epoch + 1) % ckpt_every == 0
+                             or epoch + 1 == epochs):
+      sel_arrays, sel_meta = ({}, {}) if selector_state is None else (
+          selector_state.state_dict())
+      ckpt.save(epoch + 1, _state_arrays(state), sel_arrays,
+                {"stage": stage, "best": best, "last_eval": last_eval,
+                 "selector": sel_meta},
+                is_best=best.get("epoch") == epoch + 1)
     bar.set_postfix(loss=f"{train_loss:.3f}",
                     top1=f"{(last_eval or {}).get('top1', float('nan')):.3f}")
+  if ckpt is not None:
+    ckpt.wait()
   return state, last_eval, best
+
+
+def _state_arrays(state: steps.TrainState) -> dict:
+  """The array part of a TrainState (what a checkpoint holds)."""
+  return {"params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state, "step": state.step}
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +264,8 @@ def _teacher_meta(config, dataset) -> dict:
           "image_shape": list(dataset.image_shape)}
 
 
-def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer):
+def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
+                  ckpt=None):
   """Loads or trains the FP teacher. Returns (variables, test metrics)."""
   meta = _teacher_meta(config, dataset)
   like = jax.eval_shape(lambda: init_variables(teacher_model,
@@ -263,7 +303,8 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer):
       epochs=c.epochs, batch_size=c.batch_size, seed=config.seed, rng=rng,
       eval_every=max(1, c.epochs), eval_batch_size=_eval_batch_size(config),
       writer=writer, choose_indices=lambda e, s: (all_idx, {}),
-      log_every_steps=config.log_every_steps)
+      log_every_steps=config.log_every_steps, ckpt=ckpt,
+      ckpt_every=config.checkpoint.every_epochs)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   if result is None:
     result = evaluate(runner, variables, dataset, _eval_batch_size(config))
@@ -387,6 +428,22 @@ class CoresetSchedule:
     extra["coreset_size"] = int(len(self.indices))
     return self.indices, extra
 
+  def state_dict(self) -> tuple[dict, dict]:
+    """(numpy arrays, JSON scalars) that a checkpoint keeps."""
+    arrays = {"indices": self.indices}
+    if self.tracker is not None:
+      arrays.update({f"forgetting_{k}": v
+                     for k, v in self.tracker.state_dict().items()})
+    return arrays, {"beta": self.beta}
+
+  def load_state_dict(self, arrays: dict, scalars: dict) -> None:
+    self.indices = np.asarray(arrays["indices"], np.int64)
+    self.beta = scalars.get("beta")
+    if self.tracker is not None:
+      self.tracker = baselines.ForgettingTracker.from_state_dict(
+          {k[len("forgetting_"):]: v for k, v in arrays.items()
+           if k.startswith("forgetting_")})
+
   def on_epoch_end(self, epoch, correct_log):
     if self.tracker is None or epoch >= self.c.warmup_epochs:
       return
@@ -395,7 +452,7 @@ class CoresetSchedule:
 
 
 def student_stage(config, dataset, teacher_model, teacher_variables,
-                  student_model, mesh, workdir, writer):
+                  student_model, mesh, workdir, writer, ckpt=None):
   c = config.train
   labels = np.asarray(dataset.arrays("train")[1])
   sel = baselines.get_selector(config.coreset.selector)
@@ -450,17 +507,41 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
       teacher_variables=teacher_variables if c.loss != "ce" else None,
       on_epoch_end=(schedule_sel.on_epoch_end
                     if schedule_sel.tracker is not None else None),
-      log_every_steps=config.log_every_steps)
+      log_every_steps=config.log_every_steps, ckpt=ckpt,
+      ckpt_every=config.checkpoint.every_epochs, selector_state=schedule_sel)
   return state, initial, last, best
 
 
 # ---------------------------------------------------------------------------
 
 
+# Fields that may change between a run and its resumption.
+_RESUMABLE_FIELDS = ("checkpoint.", "log_every_steps", "train.eval_batch_size",
+                     "coreset.score_batch_size", "data.data_dir",
+                     "data.manual_dir", "data.path")
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """Flat {"a.b": value} of every field that a resumed run must share."""
+  flat = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, ml_collections.ConfigDict):
+        walk(v, key + ".")
+      elif not key.startswith(_RESUMABLE_FIELDS):
+        flat[key] = list(v) if isinstance(v, tuple) else v
+  walk(config, "")
+  return flat
+
+
 def _prepare_workdir(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+  path = os.path.join(workdir, "config.json")
+  # A resumed run keeps the first run's config.json.
+  if jax.process_index() == 0 and not os.path.exists(path):
+    with open(path, "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
@@ -469,6 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Runs the teacher and the QAT stage; returns the summary dict."""
   config_lib.validate(config)
   env.configure_jax()
+  env.quiet_library_logs()
   mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
   for field in ("teacher.batch_size", "train.batch_size"):
@@ -487,6 +569,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   make = functools.partial(models.model_from_config, config,
                            dataset.num_classes, dataset.image_shape[0])
   teacher_model, student_model = make(qc.as_float()), make(qc)
+  fingerprint = config_fingerprint(config)
+  ckpts = {stage: ckpt_lib.RunCheckpointer(
+      os.path.join(workdir, "checkpoints", stage), keep=config.checkpoint.keep,
+      fingerprint=fingerprint) for stage in ("teacher", "train")}
+  for c in ckpts.values():  # refuse before writing anything
+    c.check_compatible()
   _prepare_workdir(config, workdir)
   logging.info("Devices: %d (%s), processes: %d", n_dev,
                jax.devices()[0].platform, jax.process_count())
@@ -494,13 +582,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with MetricsWriter(workdir) as writer:
     t0 = time.time()
     teacher_vars, teacher_eval = teacher_stage(config, dataset, teacher_model,
-                                               mesh, workdir, writer)
+                                               mesh, workdir, writer,
+                                               ckpts["teacher"])
     t_teacher = time.time() - t0
     logging.info("Teacher test top-1: %.4f", teacher_eval["top1"])
     t0 = time.time()
     _, initial, last, best = student_stage(
         config, dataset, teacher_model, teacher_vars, student_model, mesh,
-        workdir, writer)
+        workdir, writer, ckpts["train"])
     t_student = time.time() - t0
     summary = {
         "dataset": dataset.name, "model": config.model.name,
@@ -516,4 +605,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "seconds_total": time.time() - t_start,
     }
     writer.write_summary(summary)
+  for c in ckpts.values():
+    c.close()
   return summary

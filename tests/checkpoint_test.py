@@ -1,0 +1,136 @@
+"""Checkpoints: kill-and-resume is bit-exact, bad checkpoints are refused."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from acs_jax import checkpoint as ckpt_lib
+from acs_jax import config_lib, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def resume_config():
+  c = config_lib.get_base_config()
+  c.data.update(source="synthetic", name="synthetic", num_train=160,
+                num_test=48, num_classes=4)
+  c.model.name = "resnet_tiny"
+  c.quant.bits = "w2a4"
+  c.teacher.update(epochs=1, batch_size=32, lr=0.05)
+  c.train.update(epochs=4, batch_size=16, lr=0.02, eval_batch_size=16)
+  c.coreset.update(selector="acs", fraction=0.5, data_update_epochs=2)
+  c.checkpoint.update(every_epochs=1, keep=2)
+  c.log_every_steps = 0
+  return c
+
+
+def final_state(workdir):
+  """The last student checkpoint's arrays and meta (host numpy)."""
+  ck = ckpt_lib.RunCheckpointer(os.path.join(workdir, "checkpoints", "train"),
+                                keep=2, fingerprint={})
+  epoch = ck.latest_epoch()
+  path = os.path.join(ck.directory, "latest", str(epoch))
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as c:
+    state = c.restore(os.path.join(path, "state"))
+  return epoch, jax.tree.map(np.asarray, state)
+
+
+def selections(workdir):
+  d = os.path.join(workdir, "selections")
+  return {f: np.load(os.path.join(d, f)) for f in sorted(os.listdir(d))
+          if f.endswith(".npy")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("whole"))
+  summary = train.train_and_evaluate(resume_config(), workdir)
+  return workdir, summary
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
+  ref_dir, ref_summary = uninterrupted
+  workdir = str(tmp_path / "killed")
+  # Killed during epoch index 2 (after 3 of its 5 steps): the checkpoints of
+  # epochs 1 and 2 exist, the selection at epoch 2 has just been made.
+  p = subprocess.run(
+      [sys.executable, os.path.join(HERE, "resume_worker.py"), workdir, "2",
+       "3"], capture_output=True, text=True, timeout=600, check=False)
+  assert p.returncode == -9, p.stderr[-3000:]
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "train", "latest",
+                                    "2"))
+  summary = train.train_and_evaluate(resume_config(), workdir)
+  epoch, state = final_state(workdir)
+  ref_epoch, ref_state = final_state(ref_dir)
+  assert epoch == ref_epoch == 4
+  jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+  got, want = selections(workdir), selections(ref_dir)
+  assert list(got) == list(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])
+  assert summary["student_final_test_top1"] == ref_summary[
+      "student_final_test_top1"]
+  # The metrics file holds each student epoch once.
+  epochs = [json.loads(l)["epoch"] for l in open(os.path.join(
+      workdir, "metrics.jsonl")) if '"train"' in l]
+  assert epochs == [1, 2, 3, 4]
+
+
+def test_finished_run_restarts_without_training(uninterrupted):
+  workdir, summary = uninterrupted
+  n_lines = len(open(os.path.join(workdir, "metrics.jsonl")).readlines())
+  again = train.train_and_evaluate(resume_config(), workdir)
+  assert again["student_final_test_top1"] == summary["student_final_test_top1"]
+  assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == (
+      n_lines)
+
+
+def _snapshot(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      p = os.path.join(root, f)
+      out[os.path.relpath(p, directory)] = open(p, "rb").read()
+  return out
+
+
+def test_incompatible_config_is_refused_and_nothing_changes(uninterrupted,
+                                                            tmp_path):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted[0], workdir)
+  before = _snapshot(workdir)
+  c = resume_config()
+  c.coreset.fraction = 0.25
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"incompatible config.*coreset\.fraction: 0\.5"):
+    train.train_and_evaluate(c, workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_corrupt_checkpoint_is_refused_and_nothing_changes(uninterrupted,
+                                                           tmp_path):
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(uninterrupted[0], workdir)
+  latest = os.path.join(workdir, "checkpoints", "train", "latest", "4")
+  # Damage every data file of the state item.
+  for root, _, files in os.walk(os.path.join(latest, "state")):
+    for f in files:
+      if "ocdbt" in root or f.startswith("d") or root.endswith("/d"):
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"garbage")
+  before = _snapshot(workdir)
+  with pytest.raises(ckpt_lib.CheckpointError, match="corrupt"):
+    train.train_and_evaluate(resume_config(), workdir)
+  assert _snapshot(workdir) == before
+  # Unreadable meta: refused too.
+  with open(os.path.join(latest, "meta", "metadata"), "w") as fh:
+    fh.write("{not json")
+  with pytest.raises(ckpt_lib.CheckpointError, match="corrupt"):
+    train.train_and_evaluate(resume_config(), workdir)

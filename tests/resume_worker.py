@@ -1,0 +1,44 @@
+"""Subprocess body for checkpoint_test: a tiny run that SIGKILLs itself.
+
+argv: WORKDIR KILL_EPOCH KILL_STEP. The run is killed after KILL_STEP
+training steps of (0-based) student epoch KILL_EPOCH, i.e. mid-epoch, after
+the checkpoints of the earlier epochs were written.
+"""
+import os
+import signal
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from acs_jax import env  # noqa: E402
+env.hide_gpus_from_tensorflow()
+
+from acs_jax import train  # noqa: E402
+import checkpoint_test  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def main():
+  workdir, kill_epoch, kill_step = sys.argv[1], int(sys.argv[2]), int(
+      sys.argv[3])
+  original = train.input_pipeline.make_train_iterator
+
+  def killing_iterator(dataset, indices, **kw):
+    it = original(dataset, indices, **kw)
+    if kw.get("epoch") != kill_epoch or kw.get("seed", 0) < 1000:
+      return it  # teacher stage (seed < 1000) or another epoch
+
+    def gen():
+      for i, batch in enumerate(it):
+        if i == kill_step:
+          os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
+    return gen()
+
+  train.input_pipeline.make_train_iterator = killing_iterator
+  train.train_and_evaluate(checkpoint_test.resume_config(), workdir)
+
+
+if __name__ == "__main__":
+  main()
