@@ -24,17 +24,30 @@ def _abstract(tree: Any) -> Any:
 
 
 def save_teacher(directory: str, variables: Any, meta: dict) -> None:
-  """Writes the teacher's variables and `meta` (JSON) under `directory`."""
+  """Writes the teacher's variables and `meta` (JSON) under `directory`.
+
+  With several processes every process must call it (orbax's save is a
+  collective) with the same values; process 0 writes the files, into
+  storage that all hosts share.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(directory)
-  if os.path.exists(os.path.join(directory, "variables")):
+  exists = os.path.exists(os.path.join(directory, "variables"))
+  if jax.process_count() > 1:  # one answer: a lone raiser would hang the rest
+    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+  if exists:
     raise CheckpointError(f"{directory} already holds a teacher; refusing "
                           "to overwrite it")
-  os.makedirs(directory, exist_ok=True)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "variables"),
                jax.tree.map(np.asarray, variables))
-  with open(os.path.join(directory, "teacher.json"), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "teacher.json"), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+  if jax.process_count() > 1:  # no host returns before teacher.json exists
+    multihost_utils.sync_global_devices("acs_jax save_teacher done")
 
 
 def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:

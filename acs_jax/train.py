@@ -101,7 +101,8 @@ class Runner:
         functools.partial(steps.train_step, apply_fn=model.apply, loss=loss,
                           kd_alpha=kd_alpha, teacher_apply_fn=teacher_apply,
                           lr_schedule=lr_schedule),
-        donate_argnums=(0,), out_shardings=(repl, repl))
+        in_shardings=(repl, sharding.data_sharded(mesh), repl, repl),
+        out_shardings=(repl, repl), donate_argnums=(0,))
     self.eval_step = jax.jit(functools.partial(steps.eval_step,
                                                apply_fn=model.apply),
                              out_shardings=repl)
@@ -202,7 +203,8 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
       acc_sum = m["accuracy"] if acc_sum is None else acc_sum + m["accuracy"]
       lr = m.get("lr")
       if on_epoch_end is not None:
-        correct_log.append((batch["index"], m["correct"]))
+        # The global batch's indices: `correct` covers every process's rows.
+        correct_log.append((gbatch["index"], m["correct"]))
       n_steps += 1
       if log_every_steps and n_steps % log_every_steps == 0:
         logging.info("%s epoch %d step %d loss %.4f", stage, epoch, n_steps,
@@ -275,6 +277,13 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
   source = config.teacher.checkpoint or (
       teacher_dir if os.path.exists(os.path.join(teacher_dir, "teacher.json"))
       else "")
+  # Every process must take the same branch (load or train): one that trained
+  # while the others loaded would run other collectives and hang. Process 0's
+  # view decides; the workdir must be storage shared by all hosts.
+  if not bool(sharding.broadcast_from_primary(np.asarray(bool(source)))):
+    source = ""
+  elif not source:
+    source = teacher_dir
   runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
                   lr_schedule=None)
   if source:
@@ -308,9 +317,10 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   if result is None:
     result = evaluate(runner, variables, dataset, _eval_batch_size(config))
-  if jax.process_index() == 0:
-    ckpt_lib.save_teacher(teacher_dir, sharding.to_host(variables),
-                          {**meta, "test_top1": result["top1"]})
+  # Every process calls the save: orbax's save is a collective (its barriers
+  # wait for all processes); only process 0 writes the files.
+  ckpt_lib.save_teacher(teacher_dir, sharding.to_host(variables),
+                        {**meta, "test_top1": result["top1"]})
   return variables, result
 
 
@@ -367,8 +377,8 @@ class CoresetSchedule:
       t0 = time.time()
       apply = lambda v, x: self.teacher_model.apply(v, x, train=False)  # noqa
       self.teacher_probs = scores_lib.compute_teacher_probs(
-          apply, self.teacher_variables, self._score_batches(), self.n,
-          self.mesh)
+          apply, self.teacher_variables, self._score_batches("teacher"),
+          self.n, self.mesh)
       logging.info("Teacher softmax over %d training samples cached "
                    "(%s, %.1fs)", self.n, self.teacher_probs.dtype,
                    time.time() - t0)
@@ -382,10 +392,11 @@ class CoresetSchedule:
         self._score_batches(), self.n, self.mesh, teacher_probs=probs,
         keep=tuple(needs))
 
-  def _score_batches(self):
-    return input_pipeline.make_eval_iterator(
+  def _score_batches(self, desc: str = "scoring"):
+    it = input_pipeline.make_eval_iterator(
         self.dataset, "train", batch_size=self.score_batch,
         process_index=jax.process_index(), process_count=jax.process_count())
+    return progress(it, total=len(it), desc=desc, unit="batch", leave=False)
 
   def __call__(self, epoch: int, state) -> tuple[np.ndarray, dict]:
     extra = {}
@@ -448,7 +459,7 @@ class CoresetSchedule:
     if self.tracker is None or epoch >= self.c.warmup_epochs:
       return
     for idx, correct in correct_log:
-      self.tracker.update(np.asarray(idx), sharding.to_host(correct))
+      self.tracker.update(sharding.to_host(idx), sharding.to_host(correct))
 
 
 def student_stage(config, dataset, teacher_model, teacher_variables,
@@ -549,6 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs the teacher and the QAT stage; returns the summary dict."""
   config_lib.validate(config)
+  env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
   env.configure_jax()
   env.quiet_library_logs()
   mesh = sharding.make_mesh()
@@ -560,7 +572,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if config.coreset.score_batch_size:
     _check_batch(config.coreset.score_batch_size, "coreset.score_batch_size",
                  n_dev)
-  dataset = datasets.load_dataset(data_config(config.data))
+  try:
+    dataset = datasets.load_dataset(data_config(config.data))
+  except ValueError as e:  # the data module names the field already
+    raise ConfigError(str(e)) from None
   qc = quant.from_config(config.quant)
   if qc.is_float:
     raise ConfigError("config.quant.bits='fp' leaves nothing to quantize; "

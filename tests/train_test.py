@@ -280,3 +280,9 @@ def test_every_config_file_validates_and_documents_itself():
     doc = mod.__doc__ or ""
     assert f"--config=configs/{name}" in doc, name
     assert "Expected" in doc, name
+
+
+def test_unknown_tfds_name_is_a_config_error(tmp_path):
+  c = tiny_config(**{"data.source": "tfds", "data.name": "cifar11"})
+  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.name"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
