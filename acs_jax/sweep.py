@@ -1,0 +1,629 @@
+r"""A grid of QAT runs (selectors x fractions x seeds [x label noise]).
+
+  python -m acs_jax.sweep --config=configs/sweep_r20_cifar10.py --workdir=DIR
+
+The config is an ordinary experiment config plus a `config.sweep` section:
+
+  sweep.name              a label written into every CSV row.
+  sweep.selectors         e.g. ("full", "random", "acs"); any coreset selector.
+  sweep.fractions         e.g. (0.1, 0.3); "full" ignores them (fraction 1.0).
+  sweep.seeds             e.g. (0, 1, 2): config.seed of each run.
+  sweep.label_noise       e.g. (0.0, 0.2): config.data.label_noise per run.
+  sweep.teacher_per_noise one teacher per label-noise rate (default True).
+  sweep.compilation_cache keep XLA executables in DIR/jax_cache (default
+                          True; command line only) so later runs compile
+                          less.
+
+Teacher reuse: the teacher is trained once, by the first run of the grid (in
+the order noise, selector, fraction, seed), into DIR/runs/<first>/teacher; every
+other run loads it through config.teacher.checkpoint. With several label-noise
+rates and sweep.teacher_per_noise (the default), the first run of each rate
+trains one, because the teacher learns from the same (noisy) training labels
+as its students: a clean teacher would hand a KD student the clean labels. If
+the base config already names config.teacher.checkpoint, no teacher is
+trained. All runs of one teacher share its seed (the first run's); the seeds
+vary only the student stage. data.seed is not varied, so every run of one
+noise rate sees the same flipped labels as its teacher.
+
+Resume: a run whose summary.json exists is skipped (with a warning if its
+config.json differs from the planned config). Any other run is started on its
+directory, so train_and_evaluate's own checkpoints resume an interrupted run
+from its last finished epoch (a saved teacher is loaded, not retrained) and
+rewind its metrics.jsonl to that epoch.
+
+Before any training, every run's config is validated
+(acs_jax.config_lib.validate) and every coreset is checked to hold at least one
+training batch, so a bad grid stops in seconds, not hours.
+
+Outputs in DIR: runs/<selector>_f<fraction>_s<seed>[_noise<rate>]/ (each a
+normal acs_jax workdir), results.csv (one row per run), results.md (mean +-
+std over seeds), accuracy_vs_fraction.png, accuracy_vs_time.png and
+sweep_config.json.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from acs_jax import config_lib
+
+ConfigError = config_lib.ConfigError
+
+CSV_FIELDS = (
+    "sweep", "run", "selector", "fraction", "seed", "label_noise",
+    "student_final_top1", "student_best_top1", "teacher_top1",
+    "teacher_trained_here", "seconds_teacher", "seconds_select",
+    "seconds_train", "seconds_eval", "seconds_total", "train_epochs",
+    "coreset_size")
+
+
+def sweep_defaults() -> ml_collections.ConfigDict:
+  """The `config.sweep` fields a config may leave out."""
+  s = ml_collections.ConfigDict()
+  s.name = "sweep"
+  s.selectors = ("full", "random", "acs")
+  s.fractions = (0.1, 0.3)
+  s.seeds = (0,)
+  s.label_noise = (0.0,)
+  s.teacher_per_noise = True
+  s.compilation_cache = True
+  return s
+
+
+@dataclasses.dataclass
+class Run:
+  """One cell of the grid."""
+  name: str
+  selector: str
+  fraction: float
+  seed: int
+  label_noise: float
+  config: ml_collections.ConfigDict
+  teacher_run: str = ""     # name of the run that trains this run's teacher
+  trains_teacher: bool = False
+
+
+def format_number(x: float) -> str:
+  """0.1 -> "0.1", 1 -> "1.0": short, and still a float in a run name."""
+  s = f"{float(x):.6g}"
+  return s if any(ch in s for ch in ".e") else s + ".0"
+
+
+def run_name(selector: str, fraction: float, seed: int,
+             label_noise: float = 0.0) -> str:
+  name = f"{selector}_f{format_number(fraction)}_s{int(seed)}"
+  if label_noise:
+    name += f"_noise{format_number(label_noise)}"
+  return name
+
+
+# ---------------------------------------------------------------------------
+# Planning: the grid, its configs, and checks made before any work.
+
+
+def _as_tuple(value, field: str) -> tuple:
+  if isinstance(value, (list, tuple)):
+    values = tuple(value)
+  else:  # A single value from the command line, e.g. --config.sweep.seeds=0.
+    values = (value,)
+  if not values:
+    raise ConfigError(f"config.sweep.{field} is empty; give at least one "
+                      "value")
+  if len(set(values)) != len(values):
+    raise ConfigError(f"config.sweep.{field}={values!r} repeats a value")
+  return values
+
+
+@dataclasses.dataclass
+class SweepSpec:
+  """config.sweep after defaults and checks (plain Python values)."""
+  name: str
+  selectors: tuple[str, ...]
+  fractions: tuple[float, ...]
+  seeds: tuple[int, ...]
+  label_noise: tuple[float, ...]
+  teacher_per_noise: bool
+  compilation_cache: bool
+
+
+def sweep_section(config: ml_collections.ConfigDict) -> SweepSpec:
+  """config.sweep with defaults filled in and every value checked."""
+  from acs_jax.coreset import baselines  # pylint: disable=g-import-not-at-top
+  given = config.get("sweep")
+  if given is None:
+    raise ConfigError("config.sweep is missing; a sweep config needs "
+                      "config.sweep.selectors / fractions / seeds")
+  values = sweep_defaults().to_dict()
+  for key, value in given.items():
+    if key not in values:
+      raise ConfigError(f"config.sweep.{key} is unknown; valid fields: "
+                        f"{', '.join(values)}")
+    values[key] = value
+  spec = SweepSpec(
+      name=str(values["name"]),
+      selectors=_as_tuple(values["selectors"], "selectors"),
+      fractions=_as_tuple(values["fractions"], "fractions"),
+      seeds=_as_tuple(values["seeds"], "seeds"),
+      label_noise=_as_tuple(values["label_noise"], "label_noise"),
+      teacher_per_noise=bool(values["teacher_per_noise"]),
+      compilation_cache=bool(values["compilation_cache"]))
+  for name in spec.selectors:
+    if name not in baselines.SELECTORS:
+      raise ConfigError(f"config.sweep.selectors: {name!r} is not valid; "
+                        f"valid values: {', '.join(baselines.SELECTORS)}")
+  for f in spec.fractions:
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+      raise ConfigError(f"config.sweep.fractions: {f!r} is not valid; each "
+                        "must be in (0, 1]")
+  for seed in spec.seeds:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+      raise ConfigError(f"config.sweep.seeds: {seed!r} is not valid; each "
+                        "must be an integer >= 0")
+  for r in spec.label_noise:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (
+        0.0 <= r < 1.0):
+      raise ConfigError(f"config.sweep.label_noise: {r!r} is not valid; each "
+                        "rate must be in [0, 1)")
+  return spec
+
+
+def _run_config(base: ml_collections.ConfigDict, *, selector: str,
+                fraction: float, seed: int, label_noise: float
+                ) -> ml_collections.ConfigDict:
+  c = copy.deepcopy(base)
+  with c.unlocked():
+    if "sweep" in c:
+      del c["sweep"]  # A run is a plain experiment; the grid is the sweep's.
+  c.seed = int(seed)
+  c.coreset.selector = selector
+  c.coreset.fraction = float(fraction)
+  c.data.label_noise = float(label_noise)
+  if c.data.path:
+    c.data.path = os.path.abspath(os.path.expanduser(c.data.path))
+  if c.teacher.checkpoint:
+    c.teacher.checkpoint = os.path.abspath(
+        os.path.expanduser(c.teacher.checkpoint))
+  return c
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Run]:
+  """Every run of the sweep, in execution order, each config validated.
+
+  Raises:
+    ConfigError: a bad sweep field or a run config that validate() refuses.
+  """
+  s = sweep_section(config)
+  runs: list[Run] = []
+  for noise in s.label_noise:
+    for selector in s.selectors:
+      # "full" trains on every sample: one run per seed, not per fraction.
+      fractions = (1.0,) if selector == "full" else s.fractions
+      for fraction in fractions:
+        for seed in s.seeds:
+          name = run_name(selector, fraction, seed, noise)
+          c = _run_config(config, selector=selector, fraction=fraction,
+                          seed=seed, label_noise=noise)
+          try:
+            config_lib.validate(c)
+          except ConfigError as e:
+            raise ConfigError(f"sweep run {name}: {e}") from None
+          runs.append(Run(name, selector, float(fraction), int(seed),
+                          float(noise), c))
+  if not config.teacher.checkpoint:
+    teacher_of: dict[Any, str] = {}
+    for run in runs:
+      key = run.label_noise if s.teacher_per_noise else None
+      if key not in teacher_of:
+        teacher_of[key] = run.name
+        run.trains_teacher = True
+      run.teacher_run = teacher_of[key]
+  return runs
+
+
+def check_coreset_sizes(runs: Sequence[Run]) -> None:
+  """Refuses a grid whose smallest coreset is below one training batch.
+
+  train_and_evaluate finds this too, but only after the teacher stage; here
+  it costs one data load per label-noise rate, before anything is trained.
+  """
+  from acs_jax import train  # pylint: disable=g-import-not-at-top
+  from acs_jax.coreset import baselines  # pylint: disable=g-import-not-at-top
+  from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  labels_of = {}
+  for run in runs:
+    if baselines.get_selector(run.selector).mode == "full":
+      continue
+    key = json.dumps(train.data_config(run.config.data), sort_keys=True,
+                     default=str)
+    if key not in labels_of:
+      try:
+        ds = datasets.load_dataset(train.data_config(run.config.data))
+      except ValueError as e:  # The data module names the field already.
+        raise ConfigError(str(e)) from None
+      labels_of[key] = np.asarray(ds.arrays("train")[1])
+    labels = labels_of[key]
+    size = train.coreset_size(labels, run.fraction,
+                              run.config.coreset.balance)
+    batch = run.config.train.batch_size
+    if batch > size:
+      raise ConfigError(
+          f"sweep run {run.name}: config.train.batch_size={batch} is larger "
+          f"than its coreset ({size} samples = fraction {run.fraction} of "
+          f"{len(labels)}); lower the batch size or drop that fraction from "
+          "config.sweep.fractions")
+
+
+# ---------------------------------------------------------------------------
+# Running.
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _config_differences(run_dir: str, config: ml_collections.ConfigDict
+                        ) -> list[str]:
+  """Fields where a finished run's config.json differs from the plan."""
+  from acs_jax import train  # pylint: disable=g-import-not-at-top
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = train.config_fingerprint(
+        ml_collections.ConfigDict(json.load(f)))
+  planned = json.loads(json.dumps(train.config_fingerprint(config),
+                                  default=str))
+  return sorted(k for k in set(saved) | set(planned)
+                if saved.get(k) != planned.get(k))
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+  """Persists XLA executables so later runs of the grid compile less.
+
+  Every run jits the same functions on the same shapes; jax's in-memory cache
+  is keyed on the (new) Python callables, the persistent one on the program.
+  Evaluation, scoring and calibration hit it; the QAT train step does not
+  across fractions (its LR schedule's steps per epoch are baked in). Set from
+  the command line only: a process-wide setting that must not leak from
+  run_sweep into whatever else runs in the process (e.g. tests).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return  # The user (or the environment) chose one already.
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(os.path.abspath(workdir), "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str
+              ) -> list[dict[str, Any]]:
+  """Plans, checks, runs (or skips) every run, then writes the reports.
+
+  Returns:
+    The rows of results.csv (dicts keyed by CSV_FIELDS).
+  """
+  from acs_jax import train  # pylint: disable=g-import-not-at-top
+  runs = plan(config)
+  check_coreset_sizes(runs)
+  s = sweep_section(config)
+  workdir = os.path.abspath(workdir)
+  runs_dir = os.path.join(workdir, "runs")
+  os.makedirs(runs_dir, exist_ok=True)
+  with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  done = sum(os.path.exists(os.path.join(runs_dir, r.name, "summary.json"))
+             for r in runs)
+  logging.info("Sweep %s: %d runs, %d already finished", s.name, len(runs),
+               done)
+  t_start = time.time()
+  for i, run in enumerate(runs):
+    run_dir = os.path.join(runs_dir, run.name)
+    head = f"[{i + 1}/{len(runs)}] {run.name}"
+    c = run.config
+    teacher_dir = ""
+    if run.teacher_run and not run.trains_teacher:
+      teacher_dir = os.path.join(runs_dir, run.teacher_run, "teacher")
+      c = copy.deepcopy(c)
+      c.teacher.checkpoint = teacher_dir
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+      print(f"{head}: finished earlier, skipped", flush=True)
+      changed = _config_differences(run_dir, c)
+      if changed:
+        # Kept, not redone: the user decides (delete the run directory).
+        logging.warning("%s finished with a different config (%s); its "
+                        "results are reported as they are", run_dir,
+                        ", ".join(changed))
+      continue
+    if teacher_dir and not os.path.exists(os.path.join(teacher_dir,
+                                                       "teacher.json")):
+      raise FileNotFoundError(
+          f"{head}: the shared teacher {teacher_dir} is missing (its run "
+          f"{run.teacher_run} finished without it); delete "
+          f"{os.path.join(runs_dir, run.teacher_run)} to retrain it")
+    what = "training the teacher, then QAT" if run.trains_teacher else "QAT"
+    print(f"{head}: {what} (elapsed {time.time() - t_start:.0f}s)",
+          flush=True)
+    train.train_and_evaluate(c, run_dir)
+  rows = collect(workdir, runs, s.name)
+  write_reports(workdir, rows)
+  print(f"Sweep {s.name}: {len(rows)} runs; results in "
+        f"{os.path.join(workdir, 'results.md')}", flush=True)
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Reports.
+
+
+def _seconds(records: list[dict], stage: str, key: str) -> float:
+  return float(sum(r.get(key) or 0.0 for r in records
+                   if r.get("stage") == stage))
+
+
+def collect(workdir: str, runs: Sequence[Run], sweep_name: str
+            ) -> list[dict[str, Any]]:
+  """One row per finished run, from its summary.json and metrics.jsonl."""
+  rows = []
+  for run in runs:
+    run_dir = os.path.join(workdir, "runs", run.name)
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(summary_path):
+      continue
+    with open(summary_path) as f:
+      summary = json.load(f)
+    records = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    student = [r for r in records if r.get("stage") == "train"]
+    teacher_lines = [r for r in records if r.get("stage") == "teacher"]
+    teacher_s = sum(_seconds(records, "teacher", k)
+                    for k in ("seconds_select", "seconds_train",
+                              "seconds_eval"))
+    rows.append({
+        "sweep": sweep_name, "run": run.name, "selector": run.selector,
+        "fraction": run.fraction, "seed": run.seed,
+        "label_noise": run.label_noise,
+        "student_final_top1": summary.get("student_final_test_top1"),
+        "student_best_top1": summary.get("student_best_test_top1"),
+        "teacher_top1": summary.get("teacher_test_top1"),
+        "teacher_trained_here": bool(teacher_lines),
+        "seconds_teacher": teacher_s,
+        # Scoring (student forward over the training set, plus the teacher's
+        # cached softmax once) happens inside the selection step.
+        "seconds_select": _seconds(records, "train", "seconds_select"),
+        "seconds_train": _seconds(records, "train", "seconds_train"),
+        "seconds_eval": _seconds(records, "train", "seconds_eval"),
+        "seconds_total": summary.get("seconds_total"),
+        "train_epochs": len(student),
+        "coreset_size": student[-1].get("coreset_size") if student else None,
+    })
+  return rows
+
+
+def write_csv(path: str, rows: Sequence[dict]) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for row in rows:
+      w.writerow({k: row.get(k) for k in CSV_FIELDS})
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float, float, int]:
+  """Mean, sample std (0 for one value) and count of the non-missing values."""
+  v = np.asarray([x for x in values if x is not None], np.float64)
+  if not len(v):
+    return math.nan, math.nan, 0
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def group(rows: Sequence[dict]) -> list[dict[str, Any]]:
+  """Rows grouped by (label_noise, selector, fraction), in first-seen order."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    key = (row["label_noise"], row["selector"], row["fraction"])
+    groups.setdefault(key, []).append(row)
+  out = []
+  for (noise, selector, fraction), members in groups.items():
+    g = {"label_noise": noise, "selector": selector, "fraction": fraction,
+         "seeds": [m["seed"] for m in members]}
+    for key in ("student_final_top1", "student_best_top1", "teacher_top1",
+                "seconds_select", "seconds_train", "seconds_eval"):
+      g[key] = _stats([m[key] for m in members])
+    out.append(g)
+  return out
+
+
+def _pct(stat: tuple[float, float, int]) -> str:
+  mean, std, n = stat
+  if not n:
+    return "n/a"
+  return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def _sec(stat: tuple[float, float, int]) -> str:
+  mean, std, n = stat
+  if not n:
+    return "n/a"
+  return f"{mean:.0f}" + (f" ± {std:.0f}" if n > 1 else "")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  """results.md: mean ± std over seeds per (selector, fraction[, noise])."""
+  groups = group(rows)
+  noisy = len({r["label_noise"] for r in rows}) > 1 or any(
+      r["label_noise"] for r in rows)
+  lines = []
+  teachers = [r for r in rows if r["teacher_trained_here"]]
+  for t in teachers:
+    lines.append(
+        f"FP teacher (trained in run `{t['run']}`): test top-1 "
+        f"{100 * t['teacher_top1']:.2f} %, {t['seconds_teacher']:.0f} s.")
+  if not teachers and rows:
+    lines.append(f"FP teacher (loaded): test top-1 "
+                 f"{100 * rows[0]['teacher_top1']:.2f} %.")
+  lines.append("")
+  head = ["selector", "fraction"] + (["label noise"] if noisy else []) + [
+      "seeds", "final top-1 (%)", "best top-1 (%)", "select (s)",
+      "train (s)", "eval (s)"]
+  lines.append("| " + " | ".join(head) + " |")
+  lines.append("|" + "|".join("---" for _ in head) + "|")
+  for g in groups:
+    cells = [g["selector"], format_number(g["fraction"])]
+    if noisy:
+      cells.append(format_number(g["label_noise"]))
+    cells += [str(len(g["seeds"])), _pct(g["student_final_top1"]),
+              _pct(g["student_best_top1"]), _sec(g["seconds_select"]),
+              _sec(g["seconds_train"]), _sec(g["seconds_eval"])]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append("Top-1 on the test set, mean ± sample std over seeds (no ± "
+               "with one seed); seconds are sums over the QAT epochs of "
+               "metrics.jsonl (select includes scoring the training set).")
+  return "\n".join(lines) + "\n"
+
+
+def plot(workdir: str, rows: Sequence[dict]) -> list[str]:
+  """accuracy_vs_fraction.png and accuracy_vs_time.png (one panel per noise)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # Files only: no display on servers or in CI.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  groups = group(rows)
+  noises = sorted({g["label_noise"] for g in groups})
+  selectors = list(dict.fromkeys(g["selector"] for g in groups
+                                 if g["selector"] != "full"))
+  colors = {name: f"C{i}" for i, name in enumerate(selectors)}
+  paths = []
+
+  def panels():
+    fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 4.2),
+                             squeeze=False)
+    return fig, axes[0]
+
+  def finish(ax, noise, xlabel):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test top-1 (%)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if len(noises) > 1 or noise:
+      ax.set_title(f"label noise {format_number(noise)}")
+
+  # Accuracy vs data fraction, with the paper's reference lines.
+  fig, axes = panels()
+  for ax, noise in zip(axes, noises):
+    mine = [g for g in groups if g["label_noise"] == noise]
+    for name in selectors:
+      pts = sorted((g["fraction"], g["student_final_top1"]) for g in mine
+                   if g["selector"] == name)
+      ax.errorbar([100 * f for f, _ in pts], [100 * s[0] for _, s in pts],
+                  yerr=[100 * s[1] for _, s in pts], marker="o", capsize=3,
+                  color=colors[name], label=name)
+    teacher = _stats([r["teacher_top1"] for r in rows
+                      if r["label_noise"] == noise])
+    if teacher[2]:
+      ax.axhline(100 * teacher[0], color="k", ls="--", label="FP teacher")
+    for g in mine:
+      if g["selector"] == "full":
+        ax.axhline(100 * g["student_final_top1"][0], color="gray", ls=":",
+                   label="full-data QAT")
+    ax.set_xticks(sorted({100 * g["fraction"] for g in mine
+                          if g["selector"] != "full"}))
+    finish(ax, noise, "data fraction (%)")
+  fig.tight_layout()
+  paths.append(os.path.join(workdir, "accuracy_vs_fraction.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  # Accuracy vs the student's wall time (selection + training, no eval).
+  def qat_seconds(g):
+    return g["seconds_select"][0] + g["seconds_train"][0]
+  minutes = max(qat_seconds(g) for g in groups) > 600
+  scale = 60.0 if minutes else 1.0
+  fig, axes = panels()
+  for ax, noise in zip(axes, noises):
+    mine = [g for g in groups if g["label_noise"] == noise]
+    for name in selectors + (["full"] if any(g["selector"] == "full"
+                                             for g in mine) else []):
+      # In fraction order: the line shows what more data costs and buys.
+      pts = sorted((g["fraction"], qat_seconds(g) / scale,
+                    g["student_final_top1"]) for g in mine
+                   if g["selector"] == name)
+      full = name == "full"
+      ax.errorbar([t for _, t, _ in pts], [100 * a[0] for _, _, a in pts],
+                  yerr=[100 * a[1] for _, _, a in pts],
+                  marker="*" if full else "o", ms=10 if full else 6,
+                  capsize=3, ls="none" if full else "-",
+                  color="gray" if full else colors[name],
+                  label="full data" if full else name)
+      for f, t, a in pts:
+        ax.annotate(f"{100 * f:g}%", (t, 100 * a[0]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
+    finish(ax, noise, "QAT wall time: selection + training "
+                      f"({'min' if minutes else 's'})")
+  fig.tight_layout()
+  paths.append(os.path.join(workdir, "accuracy_vs_time.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def write_reports(workdir: str, rows: Sequence[dict]) -> None:
+  write_csv(os.path.join(workdir, "results.csv"), rows)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown_table(rows))
+  if rows:
+    plot(workdir, rows)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv):
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from acs_jax import checkpoint, env  # pylint: disable=g-import-not-at-top
+  env.hide_gpus_from_tensorflow()
+  env.configure_jax()
+  workdir = os.path.expanduser(flags.FLAGS.workdir)
+  try:
+    if sweep_section(flags.FLAGS.config).compilation_cache:
+      _enable_compilation_cache(workdir)
+    run_sweep(flags.FLAGS.config, workdir)
+  except (ConfigError, checkpoint.CheckpointError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _define_flags() -> None:
+  # Defined here, not at import, so that importing this module (tests, other
+  # tools) never clashes with acs_jax.main's flags of the same names.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "Directory of the sweep's outputs.")
+  config_flags.DEFINE_config_file("config", None, "Sweep config file.",
+                                  lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from acs_jax import env as _env  # pylint: disable=g-import-not-at-top
+  _env.quiet_tensorflow()
+  _define_flags()
+  app.run(main)
