@@ -357,6 +357,8 @@ class CoresetSchedule:
     self.tracker = (baselines.ForgettingTracker(self.n)
                     if "forgetting_counts" in self.selector.needs else None)
     self.beta = None
+    self.last_selection_epoch = -1
+    self.last_scores: dict[str, np.ndarray] = {}  # the last pass's [N] scores
     self.score_batch = c.score_batch_size or _eval_batch_size(config)
 
   def is_selection_epoch(self, epoch: int) -> bool:
@@ -431,6 +433,9 @@ class CoresetSchedule:
           np.save(os.path.join(self.sel_dir, f"selection_epoch{epoch:04d}.npy"),
                   idx)
       self.indices = np.asarray(idx, np.int64)
+      self.last_selection_epoch = epoch
+      self.last_scores = {k: np.asarray(v, np.float32)
+                          for k, v in inputs.items() if k in ("evs", "ds")}
       record["seconds_score"] = t_score
       record["seconds_select"] = time.time() - t0 - t_score
       self.writer.write_selection(record)
@@ -441,15 +446,20 @@ class CoresetSchedule:
 
   def state_dict(self) -> tuple[dict, dict]:
     """(numpy arrays, JSON scalars) that a checkpoint keeps."""
-    arrays = {"indices": self.indices}
+    arrays = {"indices": self.indices,
+              **{f"last_{k}": v for k, v in self.last_scores.items()}}
     if self.tracker is not None:
       arrays.update({f"forgetting_{k}": v
                      for k, v in self.tracker.state_dict().items()})
-    return arrays, {"beta": self.beta}
+    return arrays, {"beta": self.beta,
+                    "last_selection_epoch": self.last_selection_epoch}
 
   def load_state_dict(self, arrays: dict, scalars: dict) -> None:
     self.indices = np.asarray(arrays["indices"], np.int64)
     self.beta = scalars.get("beta")
+    self.last_selection_epoch = scalars.get("last_selection_epoch", -1)
+    self.last_scores = {k[len("last_"):]: v for k, v in arrays.items()
+                        if k.startswith("last_")}
     if self.tracker is not None:
       self.tracker = baselines.ForgettingTracker.from_state_dict(
           {k[len("forgetting_"):]: v for k, v in arrays.items()

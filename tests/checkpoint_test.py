@@ -77,6 +77,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
     np.testing.assert_array_equal(got[k], want[k])
   assert summary["student_final_test_top1"] == ref_summary[
       "student_final_test_top1"]
+  # The selector state travels too: the last scores and selection epoch.
+  meta = json.load(open(os.path.join(workdir, "checkpoints", "train",
+                                     "latest", "4", "meta", "metadata")))
+  assert meta["selector"]["last_selection_epoch"] == 2
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as c:
+    sel = c.restore(os.path.join(workdir, "checkpoints", "train", "latest",
+                                 "4", "selector"))
+  assert sel["last_evs"].shape == sel["last_ds"].shape == (160,)
+  np.testing.assert_array_equal(sel["indices"], want[sorted(want)[-1]])
   # The metrics file holds each student epoch once.
   epochs = [json.loads(l)["epoch"] for l in open(os.path.join(
       workdir, "metrics.jsonl")) if '"train"' in l]
