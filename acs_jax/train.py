@@ -284,19 +284,18 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
     source = ""
   elif not source:
     source = teacher_dir
-  runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
-                  lr_schedule=None)
   if source:
-    variables, saved = ckpt_lib.load_teacher(source, like, meta)
+    variables, _ = ckpt_lib.load_teacher(source, like, meta)
     variables = sharding.replicate(variables, mesh)
+    runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
+                    lr_schedule=None)
     result = evaluate(runner, variables, dataset, _eval_batch_size(config))
     logging.info("Loaded teacher from %s: test top-1 %.4f", source,
                  result["top1"])
     return variables, result
 
   c = config.teacher
-  labels = dataset.arrays("train")[1]
-  all_idx = np.arange(len(labels), dtype=np.int64)
+  all_idx = np.arange(dataset.num_examples("train"), dtype=np.int64)
   spe = input_pipeline.steps_per_epoch(len(all_idx), c.batch_size)
   tx, schedule = steps.make_optimizer(c, spe, step_size_lr_mult=1.0)
   runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
