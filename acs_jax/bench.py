@@ -1277,12 +1277,12 @@ _TRIM_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 def default_levers() -> list[dict[str, Any]]:
   """Each lever: id, name and its XLA flags / env / cpus / batch / mallopt."""
-  noynn = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
   return [
-      {"id": "baseline", "name": "baseline"},
+      {"id": "baseline", "name": "baseline (acs_jax's XLA defaults)"},
+      {"id": "xladefaults", "name": "XLA's own defaults (YNNPACK convs on)",
+       "env": {env.XLA_DEFAULTS_ENV: "0"}, "xla_defaults": False},
       {"id": "eigen1", "name": "xla_cpu_multi_thread_eigen=false",
        "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
-      {"id": "noynn", "name": "no YNNPACK convolutions", "xla_flags": noynn},
       {"id": "noxnn", "name": "xla_cpu_use_xnnpack=false",
        "xla_flags": "--xla_cpu_use_xnnpack=false"},
       {"id": "onednn", "name": "xla_cpu_use_onednn=true",
@@ -1299,8 +1299,9 @@ def default_levers() -> list[dict[str, Any]]:
        "mallopt": True},
       {"id": "thp", "name": "glibc: THP for malloc (hugetlb=1)",
        "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
-      {"id": "noynn+mallopt", "name": "no YNNPACK convs + mallopt",
-       "xla_flags": noynn, "mallopt": True},
+      {"id": "thp+eigen1", "name": "THP for malloc + single-thread eigen",
+       "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+       "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
       {"id": "b64", "name": "batch x0.5 (64 for 128)", "batch_scale": 0.5},
       {"id": "b256", "name": "batch x2 (256 for 128)", "batch_scale": 2.0},
   ]
@@ -1323,10 +1324,11 @@ def _run_lever_round(args, case: Case, chosen: list[dict]) -> list[dict]:
   out = []
   for lever in chosen:
     env_ = dict(os.environ)
-    flags = " ".join(x for x in (env_.get("XLA_FLAGS", ""),
-                                 lever.get("xla_flags", "")) if x)
-    if flags:
-      env_["XLA_FLAGS"] = flags
+    base = env_.get("XLA_FLAGS", "")
+    if not lever.get("xla_defaults", True):
+      base = env.without_default_xla_flags(base)
+    flags = " ".join(x for x in (base, lever.get("xla_flags", "")) if x)
+    env_["XLA_FLAGS"] = flags
     env_.update(lever.get("env", {}))
     batch = int(case.batch * lever.get("batch_scale", 1.0))
     cmd = [sys.executable, "-m", "acs_jax.bench", "--lever_child",
@@ -1474,7 +1476,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lever_case", default="train/resnet18/official/w2a2/kd/128")
   p.add_argument("--lever_names", default="",
                  help="comma-separated lever ids (default_levers), e.g. "
-                      "baseline,noynn; default: all")
+                      "baseline,xladefaults; default: all")
   p.add_argument("--lever_rounds", type=int, default=1,
                  help="repeat the chosen levers, interleaved")
   p.add_argument("--mallopt", action="store_true",

@@ -1,5 +1,6 @@
 """Process-level set-up shared by the entry points and the tests."""
 import os
+import re
 
 
 def quiet_tensorflow() -> None:
@@ -24,14 +25,71 @@ def hide_gpus_from_tensorflow() -> None:
     pass
 
 
+# XLA:CPU flags set by default, each measured with
+# `python -m acs_jax.bench --levers` (README, "Speed"). Only for the jaxlib
+# versions they were measured on: XLA aborts on a flag it does not know.
+#  - YNNPACK's convolutions off (XLA's own Eigen convolutions instead): the
+#    weight-gradient convolutions of YNNPACK dominated the ResNet-18 QAT step;
+#    without them the step ran 2.96x faster (6.3 -> 18.5 img/s, 2 cores).
+XLA_CPU_DEFAULTS = {
+    "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
+}
+_XLA_CPU_DEFAULTS_JAXLIB = ((0, 10, 0), (0, 11, 0))  # [low, high)
+# Set to 0 to keep XLA's own defaults (the benchmark's "XLA defaults" lever).
+XLA_DEFAULTS_ENV = "ACS_JAX_XLA_DEFAULTS"
+
+
+def _jaxlib_version() -> tuple[int, ...] | None:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    text = metadata.version("jaxlib")
+  except metadata.PackageNotFoundError:
+    return None
+  return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def default_xla_flags() -> list[str]:
+  """The `--name=value` flags `set_xla_defaults` would add (may be empty)."""
+  if os.environ.get(XLA_DEFAULTS_ENV, "1") == "0":
+    return []
+  version = _jaxlib_version()
+  low, high = _XLA_CPU_DEFAULTS_JAXLIB
+  if version is None or not low <= version < high:
+    return []
+  return [f"--{k}={v}" for k, v in XLA_CPU_DEFAULTS.items()]
+
+
+def set_xla_defaults() -> None:
+  """Appends `XLA_CPU_DEFAULTS` to XLA_FLAGS, unless the user sets them.
+
+  Takes effect only before the first JAX backend starts (the entry points
+  and tests call it before touching a device). A flag already named in
+  XLA_FLAGS is left as the user set it; ACS_JAX_XLA_DEFAULTS=0 adds none.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  extra = [f for f in default_xla_flags()
+           if f[2:].split("=")[0] not in flags]
+  if extra:
+    os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
+
+
+def without_default_xla_flags(flags: str) -> str:
+  """`flags` with the flags `set_xla_defaults` manages removed."""
+  return " ".join(f for f in flags.split()
+                  if f[2:].split("=")[0] not in XLA_CPU_DEFAULTS)
+
+
 def configure_jax() -> None:
   """JAX settings every entry point (and the tests) shares.
+
+  XLA:CPU flags: `set_xla_defaults` (effective if no backend has started).
 
   Non-partitionable threefry: parameters are initialised replicated, and on
   XLA:CPU the partitionable variant compiles each random initialiser ~20x
   slower (seconds per kernel). It also fixes the random streams a config+seed
   gives, whatever the version's default.
   """
+  set_xla_defaults()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_threefry_partitionable", False)
 

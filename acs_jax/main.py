@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from acs_jax import env
 
 env.quiet_tensorflow()
+env.set_xla_defaults()  # before any JAX backend starts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")

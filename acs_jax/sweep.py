@@ -625,5 +625,6 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from acs_jax import env as _env  # pylint: disable=g-import-not-at-top
   _env.quiet_tensorflow()
+  _env.set_xla_defaults()
   _define_flags()
   app.run(main)

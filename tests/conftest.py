@@ -13,10 +13,12 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (
       _flags + " --xla_force_host_platform_device_count=8").strip()
 
+from acs_jax import env  # noqa: E402  (imports no jax)
+
+env.set_xla_defaults()
+
 import jax  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
-
-from acs_jax import env  # noqa: E402
 
 env.hide_gpus_from_tensorflow()
 env.configure_jax()

@@ -40,6 +40,8 @@ def _setup_environment(devices: int) -> None:
            if "xla_force_host_platform_device_count" not in f]
   flags.append(f"--xla_force_host_platform_device_count={devices}")
   os.environ["XLA_FLAGS"] = " ".join(flags)
+  from acs_jax import env  # pylint: disable=g-import-not-at-top
+  env.set_xla_defaults()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

@@ -13,6 +13,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from acs_jax import env  # noqa: E402
+env.set_xla_defaults()  # as the in-process run it is compared with
 env.hide_gpus_from_tensorflow()
 
 from acs_jax import train  # noqa: E402
