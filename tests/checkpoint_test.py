@@ -10,23 +10,17 @@ import numpy as np
 import pytest
 
 from acs_jax import checkpoint as ckpt_lib
-from acs_jax import config_lib, train
+from acs_jax import train
+from tiny_configs import tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def resume_config():
-  c = config_lib.get_base_config()
-  c.data.update(source="synthetic", name="synthetic", num_train=160,
-                num_test=48, num_classes=4)
-  c.model.name = "resnet_tiny"
-  c.quant.bits = "w2a4"
-  c.teacher.update(epochs=1, batch_size=32, lr=0.05)
-  c.train.update(epochs=4, batch_size=16, lr=0.02, eval_batch_size=16)
-  c.coreset.update(selector="acs", fraction=0.5, data_update_epochs=2)
-  c.checkpoint.update(every_epochs=1, keep=2)
-  c.log_every_steps = 0
-  return c
+  return tiny_config(**{
+      "data.num_train": 160, "data.num_test": 48, "teacher.epochs": 1,
+      "train.eval_batch_size": 16, "checkpoint.every_epochs": 1,
+      "checkpoint.keep": 2})
 
 
 def final_state(workdir):

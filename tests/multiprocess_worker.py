@@ -49,24 +49,18 @@ def _setup_environment(devices: int) -> None:
 def tiny_config(selector: str = "acs"):
   """Synthetic 8x8 data, resnet_tiny: teacher 1 epoch, student 2 epochs with
   an ACS selection at each (R = 1), so the second one is a re-selection."""
-  from acs_jax import config_lib  # pylint: disable=g-import-not-at-top
-  c = config_lib.get_base_config()
-  c.data.source = "synthetic"
-  c.data.name = "synthetic"
-  c.data.num_train = 96
-  c.data.num_test = 40
-  c.data.num_classes = 4
-  c.model.name = "resnet_tiny"
-  c.quant.bits = "w2a4"
-  c.teacher.update(epochs=1, batch_size=16, lr=0.05, schedule="cosine")
-  # eval/score batch 16 over 2 processes; 40 test samples -> a padded tail.
-  c.train.update(epochs=2, batch_size=16, lr=0.02, eval_batch_size=16)
-  # 0.4 of 96 = 40 samples (balanced): not a multiple of the batch, so the
-  # remainder is dropped identically on every host.
-  c.coreset.update(selector="acs", fraction=0.4, data_update_epochs=1)
+  import tiny_configs  # pylint: disable=g-import-not-at-top
+  c = tiny_configs.tiny_config(**{
+      "data.num_train": 96, "data.num_test": 40,
+      "teacher.epochs": 1, "teacher.batch_size": 16,
+      # eval/score batch 16 over 2 processes; 40 test samples -> a padded
+      # tail.
+      "train.epochs": 2, "train.eval_batch_size": 16,
+      # 0.4 of 96 = 40 samples (balanced): not a multiple of the batch, so
+      # the remainder is dropped identically on every host.
+      "coreset.fraction": 0.4, "coreset.data_update_epochs": 1})
   if selector != "acs":  # one-shot baselines select after a warm-up epoch
     c.coreset.update(selector=selector, warmup_epochs=1)
-  c.log_every_steps = 0
   return c
 
 

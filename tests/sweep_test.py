@@ -10,23 +10,13 @@ import ml_collections
 import pytest
 
 from acs_jax import config_lib, sweep
+from tiny_configs import tiny_config
 
 
 
 def tiny_sweep_config(**sweep_fields) -> ml_collections.ConfigDict:
-  """train_test's tiny settings at one epoch per stage, plus a 3-run grid."""
-  c = config_lib.get_base_config()
-  c.data.source = "synthetic"
-  c.data.name = "synthetic"
-  c.data.num_train = 192          # 4 classes of 48
-  c.data.num_test = 72
-  c.data.num_classes = 4
-  c.model.name = "resnet_tiny"
-  c.quant.bits = "w2a4"
-  c.teacher.update(epochs=1, batch_size=32, lr=0.05, schedule="cosine")
-  c.train.update(epochs=1, batch_size=16, lr=0.02, eval_batch_size=32)
-  c.coreset.update(selector="acs", fraction=0.5, data_update_epochs=2)
-  c.log_every_steps = 0
+  """The tiny experiment at one epoch per stage, plus a 3-run grid."""
+  c = tiny_config(**{"teacher.epochs": 1, "train.epochs": 1})
   c.sweep = sweep.sweep_defaults()
   c.sweep.update({"name": "tiny", "selectors": ("full", "random"),
                   "fractions": (0.25, 0.5), "seeds": (0,),

@@ -7,32 +7,12 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from acs_jax import config_lib, steps, train
-
-
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """Synthetic 8x8 data, tiny ResNet, a few epochs: seconds, not minutes."""
-  c = config_lib.get_base_config()
-  c.data.source = "synthetic"
-  c.data.name = "synthetic"
-  c.data.num_train = 192
-  c.data.num_test = 72
-  c.data.num_classes = 4
-  c.model.name = "resnet_tiny"
-  c.quant.bits = "w2a4"
-  c.teacher.update(epochs=3, batch_size=32, lr=0.05, schedule="cosine")
-  c.train.update(epochs=4, batch_size=16, lr=0.02, eval_batch_size=32)
-  c.coreset.update(selector="acs", fraction=0.5, data_update_epochs=2)
-  c.log_every_steps = 0
-  for k, v in overrides.items():
-    section, field = k.split(".")
-    c[section][field] = v
-  return c
+from tiny_configs import tiny_config
 
 
 # ---------------------------------------------------------------------------
