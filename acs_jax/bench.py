@@ -1252,7 +1252,7 @@ def format_profile(p: dict) -> str:
 # ---------------------------------------------------------------------------
 # Levers: one subprocess per setting (XLA flags and malloc are process-wide).
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
 def keep_freed_memory() -> bool:
@@ -1261,13 +1261,17 @@ def keep_freed_memory() -> bool:
   XLA:CPU allocates every step's buffers afresh. glibc mmaps allocations
   above its mmap threshold (at most 32 MiB) and unmaps them on free, so each
   step faults in and zeroes fresh pages. With mmap off and trimming off,
-  freed memory is reused. Returns False where mallopt is unavailable.
+  freed memory is reused. One arena: XLA's pool threads would otherwise
+  allocate from per-thread arenas, whose heaps are capped at 64 MiB and
+  handed back with madvise. Call before any thread starts. Returns False
+  where mallopt is unavailable.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")
   except OSError:
     return False
-  ok = libc.mallopt(M_MMAP_MAX, 0) == 1
+  ok = libc.mallopt(M_ARENA_MAX, 1) == 1
+  ok &= libc.mallopt(M_MMAP_MAX, 0) == 1
   ok &= libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
   return bool(ok)
 
@@ -1295,10 +1299,15 @@ def default_levers() -> list[dict[str, Any]]:
       {"id": "1core", "name": "1 core (intra-op threads = 1)", "cpus": 1},
       {"id": "nommap", "name": "glibc: no mmap + no trim (env)",
        "env": _TRIM_ENV},
-      {"id": "mallopt", "name": "glibc: no mmap + no trim (mallopt)",
+      {"id": "mallopt", "name": "glibc: 1 arena, no mmap/trim (mallopt)",
        "mallopt": True},
       {"id": "thp", "name": "glibc: THP for malloc (hugetlb=1)",
        "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
+      {"id": "arena1", "name": "glibc: 1 arena, no mmap, no trim (env)",
+       "env": {"MALLOC_ARENA_MAX": "1", **_TRIM_ENV}},
+      {"id": "arena1+thp", "name": "glibc: 1 arena, no mmap/trim, THP (env)",
+       "env": {"MALLOC_ARENA_MAX": "1", **_TRIM_ENV,
+               "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
       {"id": "thp+eigen1", "name": "THP for malloc + single-thread eigen",
        "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
        "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
