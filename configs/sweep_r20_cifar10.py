@@ -16,42 +16,26 @@ repository root (--config.data.path=... for another copy). Add seeds with
 --config.sweep.seeds="(0,1,2)" and label noise with
 --config.sweep.label_noise="(0.0,0.2)" (each multiplies the time below).
 
-Budget (2 CPU cores, about two hours). N = 50,000 train, M = 10,000 test.
-Per-sample costs, measured here on 4-8 batches of 128 through the real
-tf.data pipeline and jitted steps (JAX 0.10.2, XLA:CPU, 1 device), on a
-SHARED machine (1-minute load average 3-7 from other jobs, so this process got
-about 0.65 of the 2 cores and every wall-clock figure is noisy, +-30 %):
-  measured wall, contended:  FP teacher CE step 25-42 ms/sample, W2 KD step
-    (teacher forward inside) 25-54 ms/sample, forward eval/scoring
-    (batch 500; the config uses 1000) 3.2-4.5 ms/sample, train-step
-    compile 15-36 s.
-  measured process CPU time: FP step 18.7-27.6, KD step 18.5-20.8, eval
-    forward 2.0-2.1 CPU-ms/sample.
-  estimated for 2 free cores (the quieter run's CPU time, 18.6 ms, / 2
-    cores / ~78 % two-thread efficiency):
-    t_fp = t_kd = 12 ms/sample, t_fwd = 1.5 ms/sample (eval and scoring),
-    60 s of compiling per run.
-Estimated run times (E_t = 3 teacher epochs, E = 3 QAT epochs, R = 1):
-  teacher            E_t*N*t_fp = 3*50k*12ms                       1800 s
-  full QAT           E*N*t_kd = 1800 s + (E+2) evals*M*t_fwd 75 s  1875 s
-  random 10 % / 30 % E*f*N*t_kd = 180 / 540 s + 5 evals 75 s        255 / 615 s
-  ACS 10 % / 30 %    random + (E/R + 1 teacher softmax) scoring
-                     passes 4*N*t_fwd = 300 s                       555 / 915 s
-  compiling          5 runs * 60 s                                  300 s
-  total              1800+1875+255+615+555+915+300 = 6315 s = 1.75 h
-(KD samples: E*N*(1 + 2*(0.1+0.3)) = 1.8*E*N; evals: 5*E + 10 test passes.)
-On the machine as loaded while measuring (2.5-3x slower) the same sweep takes
-4.5-5 h; a sweep is resumable (re-run the same command). About 30 % less
-with --config.teacher.epochs=2 --config.train.epochs=2.
-
-Expected (estimated, not yet run): FP teacher 65-78 % test top-1 after 3
-epochs; W2 students a few points below it: full data about 60-72 %, 30 %
-coresets about 55-68 %, 10 % coresets about 45-62 %, ACS at or above random
-at 10 % by 0-3 points (the paper's direction), though with one seed and 3
-epochs a gap under ~1.5 points is within seed noise. The paper's own numbers
-(ResNet-18, 200 epochs, GPU) are far higher; this is a CPU-sized check of the
-ordering and of the wall-time trade-off (ACS pays one scoring pass over the
-50k samples per selection, which at 10 % costs more than its training).
+Measured (2026-11-29, this command, 2-core Zen 4 VM with nothing else
+running, jax/jaxlib 0.10.2 with acs_jax's default XLA:CPU flags): 5,095 s
+wall (1 h 25 min) for the whole sweep, 177 % CPU.
+  teacher, 3 epochs of 390 steps        1,154 s (347-401 s per epoch)
+  full-data QAT, 3 epochs               1,389 s train + 50 s eval
+  random 10 % / 30 %                      155 / 455 s train
+  ACS 10 % / 30 %                         143 / 396 s train + 325 / 298 s
+                                          selecting (4 passes over the 50k:
+                                          the teacher's softmax once, then the
+                                          student at epochs 0, 1, 2; about
+                                          75-85 s each)
+  evaluation, 10k test images            14-20 s per epoch
+Per sample, with tf.data augmenting on the same 2 cores: FP teacher step
+7-8 ms, W2 KD step 9.4 ms, scoring forward 1.5 ms. Expected results (as
+measured in that run, single seed):
+teacher 74.75 %, full-data W2 74.19 %, random 72.91 / 73.57 %, ACS 73.37 /
+73.61 % at 10 / 30 % (README, "Sweeps"). Every added seed or noise rate adds
+about 2,300 s for the four coreset runs, plus about 1,620 s per seed for the
+full-data run (the teacher is trained once per noise rate). About a third
+less with --config.teacher.epochs=2 --config.train.epochs=2.
 """
 import os
 
