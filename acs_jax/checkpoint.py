@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from acs_jax import sharding
+
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt or from an incompatible config."""
@@ -30,24 +32,21 @@ def save_teacher(directory: str, variables: Any, meta: dict) -> None:
   collective) with the same values; process 0 writes the files, into
   storage that all hosts share.
   """
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(directory)
   exists = os.path.exists(os.path.join(directory, "variables"))
-  if jax.process_count() > 1:  # one answer: a lone raiser would hang the rest
-    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
-  if exists:
+  # One answer for all processes: a lone raiser would hang the rest.
+  if bool(sharding.broadcast_from_primary(np.asarray(exists))):
     raise CheckpointError(f"{directory} already holds a teacher; refusing "
                           "to overwrite it")
-  if jax.process_index() == 0:
+  if sharding.is_primary():
     os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "variables"),
                jax.tree.map(np.asarray, variables))
-  if jax.process_index() == 0:
+  if sharding.is_primary():
     with open(os.path.join(directory, "teacher.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-  if jax.process_count() > 1:  # no host returns before teacher.json exists
-    multihost_utils.sync_global_devices("acs_jax save_teacher done")
+  sharding.sync("acs_jax save_teacher done")  # teacher.json exists for all
 
 
 def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:

@@ -414,7 +414,7 @@ class CoresetSchedule:
             total_epochs=self.total_epochs, fraction=self.c.fraction,
             schedule=self.c.schedule, balance=self.c.balance,
             constant=self.c.constant_beta)
-        if jax.process_index() == 0:
+        if sharding.is_primary():
           rec.save(self.sel_dir)
         self.beta = rec.beta
         record.update(rec.to_json_dict())
@@ -427,7 +427,7 @@ class CoresetSchedule:
         record.update({"num_selected": int(len(idx)),
                        "class_counts": _class_counts(idx, self.labels,
                                                      self.num_classes)})
-        if jax.process_index() == 0:
+        if sharding.is_primary():
           os.makedirs(self.sel_dir, exist_ok=True)
           np.save(os.path.join(self.sel_dir, f"selection_epoch{epoch:04d}.npy"),
                   idx)
@@ -560,7 +560,7 @@ def _prepare_workdir(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   # A resumed run keeps the first run's config.json.
-  if jax.process_index() == 0 and not os.path.exists(path):
+  if sharding.is_primary() and not os.path.exists(path):
     with open(path, "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
