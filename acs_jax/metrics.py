@@ -23,6 +23,14 @@ def _clean(value: Any) -> Any:
   return value
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a .jsonl file; [] when it does not exist."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 class MetricsWriter:
   """Writes WORKDIR/metrics.jsonl, selections.jsonl, summary.json and tb/.
 
@@ -87,10 +95,7 @@ class MetricsWriter:
         ("selections.jsonl",
          lambda r: stage != "train" or r.get("epoch", 0) < epoch)):
       path = os.path.join(self.workdir, name)
-      if not os.path.exists(path):
-        continue
-      with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+      records = read_jsonl(path)
       kept = [r for r in records if keep(r)]
       if len(kept) != len(records):
         tmp = path + ".tmp"

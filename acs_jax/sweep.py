@@ -268,13 +268,6 @@ def check_coreset_sizes(runs: Sequence[Run]) -> None:
 # Running.
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _config_differences(run_dir: str, config: ml_collections.ConfigDict
                         ) -> list[str]:
   """Fields where a finished run's config.json differs from the plan."""
@@ -377,6 +370,7 @@ def _seconds(records: list[dict], stage: str, key: str) -> float:
 def collect(workdir: str, runs: Sequence[Run], sweep_name: str
             ) -> list[dict[str, Any]]:
   """One row per finished run, from its summary.json and metrics.jsonl."""
+  from acs_jax.metrics import read_jsonl  # pylint: disable=g-import-not-at-top
   rows = []
   for run in runs:
     run_dir = os.path.join(workdir, "runs", run.name)
@@ -385,7 +379,7 @@ def collect(workdir: str, runs: Sequence[Run], sweep_name: str
       continue
     with open(summary_path) as f:
       summary = json.load(f)
-    records = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    records = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     student = [r for r in records if r.get("stage") == "train"]
     teacher_lines = [r for r in records if r.get("stage") == "teacher"]
     teacher_s = sum(_seconds(records, "teacher", k)
