@@ -71,15 +71,18 @@ def decay_mask(params) -> Any:
       {k: k[-1] == "kernel" for k in flat})
 
 
-def make_lr_schedule(c, steps_per_epoch: int) -> optax.Schedule:
-  """Per-step schedule over c.epochs epochs of `steps_per_epoch` steps.
+def make_lr_schedule(c, steps_per_epoch: int, epochs: int | None = None
+                     ) -> optax.Schedule:
+  """Per-step schedule over `epochs` (default c.epochs) epochs of
+  `steps_per_epoch` steps.
 
   "linear" decays to zero at the end (the official LambdaLR 1 - t/T, but per
   step), "cosine" to zero, "step" multiplies by c.step_gamma at each of
   c.step_milestones (fractions of training), "constant" stays. An optional
   linear warm-up of c.warmup_epochs comes first.
   """
-  total = max(1, int(c.epochs) * int(steps_per_epoch))
+  epochs = c.epochs if epochs is None else epochs
+  total = max(1, int(epochs) * int(steps_per_epoch))
   warmup = int(round(float(c.warmup_epochs) * steps_per_epoch))
   decay_steps = max(1, total - warmup)
   if c.schedule == "linear":
@@ -100,7 +103,8 @@ def make_lr_schedule(c, steps_per_epoch: int) -> optax.Schedule:
       [optax.linear_schedule(0.0, c.lr, warmup), main], [warmup])
 
 
-def make_optimizer(c, steps_per_epoch: int, step_size_lr_mult: float = 0.1
+def make_optimizer(c, steps_per_epoch: int, step_size_lr_mult: float = 0.1,
+                   epochs: int | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """SGD (Nesterov momentum) or Adam with the official parameter groups.
 
@@ -108,7 +112,7 @@ def make_optimizer(c, steps_per_epoch: int, step_size_lr_mult: float = 0.1
   added to the gradient as torch's SGD/Adam do) applies to conv/dense
   kernels only.
   """
-  schedule = make_lr_schedule(c, steps_per_epoch)
+  schedule = make_lr_schedule(c, steps_per_epoch, epochs)
 
   def base(lr):
     if c.optimizer == "sgd":

@@ -9,17 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from acs_jax.models.mobilenetv2 import MobileNetV2
-from acs_jax.models.resnet import (BLOCKS, STEMS, ResNet, ResNet18, ResNet20,
-                                   ResNet34, ResNetTiny)
+from acs_jax.models.resnet import (BLOCKS, CIFAR_RESNET_DEPTHS, SHORTCUTS,
+                                   STEMS, ResNet, ResNet18, ResNet20, ResNet34,
+                                   ResNetTiny, cifar_resnet)
 from acs_jax.quant import QuantConfig
 
-MODELS = ("resnet18", "resnet34", "resnet20", "mobilenetv2", "resnet_tiny")
+MODELS = ("resnet18", "resnet34", *CIFAR_RESNET_DEPTHS, "mobilenetv2",
+          "resnet_tiny")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(name: str, *, num_classes: int, quant: QuantConfig,
                 block: str = "basic", stem: str = "auto",
-                image_size: int = 32, width_mult: float = 1.0,
+                shortcut: str = "projection", image_size: int = 32, width_mult: float = 1.0,
                 dropout: float | None = None, dtype: str = "float32"):
   """Returns the Flax module `name` with the given quantization.
 
@@ -29,6 +31,8 @@ def build_model(name: str, *, num_classes: int, quant: QuantConfig,
     quant: which layers are quantized; `quant.as_float()` gives the teacher.
     block: ResNet block type, "basic" or "official".
     stem: "cifar", "imagenet", or "auto" (imagenet stem for inputs >= 64px).
+    shortcut: ResNet shortcut where the shape changes, "projection" (1x1
+      conv + BN) or "zero_pad" (He et al.'s option A, no parameters).
     image_size: input height/width (only used by stem="auto").
     width_mult: MobileNetV2 width multiplier (0.5 in the official CIFAR code).
     dropout: MobileNetV2 dropout before the classifier (default 0.2).
@@ -48,15 +52,19 @@ def build_model(name: str, *, num_classes: int, quant: QuantConfig,
   if stem not in STEMS:
     raise ValueError(f"config.model.stem={stem!r} is unknown; valid choices: "
                      f"auto, {', '.join(STEMS)}")
+  if shortcut not in SHORTCUTS:
+    raise ValueError(f"config.model.shortcut={shortcut!r} is unknown; valid "
+                     f"choices: {', '.join(SHORTCUTS)}")
   kw = dict(num_classes=num_classes, quant=quant, dtype=DTYPES[dtype])
   if name == "mobilenetv2":
     return MobileNetV2(width_mult=width_mult,
                        dropout=0.2 if dropout is None else dropout, **kw)
-  cls = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet20": ResNet20,
+  kw.update(block=block, shortcut=shortcut)
+  if name in CIFAR_RESNET_DEPTHS:
+    return cifar_resnet(CIFAR_RESNET_DEPTHS[name], **kw)
+  cls = {"resnet18": ResNet18, "resnet34": ResNet34,
          "resnet_tiny": ResNetTiny}[name]
-  if name == "resnet20":
-    return cls(block=block, **kw)
-  return cls(block=block, stem=stem, **kw)
+  return cls(stem=stem, **kw)
 
 
 def model_from_config(config: Any, num_classes: int, image_size: int,
@@ -64,6 +72,7 @@ def model_from_config(config: Any, num_classes: int, image_size: int,
   m = config.model
   return build_model(m.name, num_classes=num_classes, quant=quant,
                      block=m.get("block", "basic"), stem=m.get("stem", "auto"),
+                     shortcut=m.get("shortcut", "projection"),
                      image_size=image_size,
                      width_mult=m.get("width_mult", 1.0),
                      dropout=m.get("dropout", None),

@@ -11,7 +11,10 @@ Two residual block types:
     activation quantizers are signed.
 
 Stems: "cifar" (3x3 conv, stride 1, no max-pool) and "imagenet" (7x7 stride-2
-conv + 3x3 stride-2 max-pool). Which layers are quantized comes from the
+conv + 3x3 stride-2 max-pool). Shortcuts where a block changes the shape:
+"projection" (a 1x1 conv + BN, He et al.'s option B, torchvision's
+`downsample`) or "zero_pad" (option A of He et al.'s CIFAR ResNets: strided
+subsampling and zero channels on both sides, no parameters). Which layers are quantized comes from the
 QuantConfig; the defaults quantize the 3x3 convs inside the blocks and keep
 the stem, the 1x1 shortcut convs and the classifier in float.
 
@@ -31,6 +34,7 @@ from acs_jax.quant import ActQuant, QConv, QDense, QuantConfig
 
 STEMS = ("cifar", "imagenet")
 BLOCKS = ("basic", "official")
+SHORTCUTS = ("projection", "zero_pad")
 
 
 def batch_norm(train: bool, name: str | None = None, **kw) -> nn.BatchNorm:
@@ -60,18 +64,32 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, a.astype(x.dtype) * x)
 
 
+def zero_pad_shortcut(x, features: int, strides: int):
+  """Option A: x[:, ::s, ::s] with (features - C) / 2 zero channels per side."""
+  extra = features - x.shape[-1]
+  if extra < 0 or extra % 2:
+    raise ValueError(f"a zero-pad shortcut cannot map {x.shape[-1]} channels "
+                     f"to {features}: use shortcut 'projection'")
+  x = x[:, ::strides, ::strides, :]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra // 2)))
+
+
 class Shortcut(nn.Module):
-  """Identity, or a 1x1 projection conv + BN when the shape changes."""
+  """Identity, or (when the shape changes) a 1x1 projection conv + BN or the
+  parameter-free zero-pad shortcut."""
   features: int
   strides: int
   quant: QuantConfig
   signed_input: bool
   dtype: Any = jnp.float32
+  kind: str = "projection"
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.strides == 1 and x.shape[-1] == self.features:
       return x
+    if self.kind == "zero_pad":
+      return zero_pad_shortcut(x, self.features, self.strides)
     w_bits, a_bits = self.quant.layer("shortcut")
     x = ActQuant(a_bits, self.quant.signed_act(self.signed_input))(x)
     x = QConv(self.features, (1, 1), (self.strides, self.strides),
@@ -86,6 +104,7 @@ class BasicBlock(nn.Module):
   strides: int
   quant: QuantConfig
   dtype: Any = jnp.float32
+  shortcut: str = "projection"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -101,7 +120,7 @@ class BasicBlock(nn.Module):
     y = conv()(y)
     y = batch_norm(train)(y)
     s = Shortcut(self.features, self.strides, self.quant, signed_input=False,
-                 dtype=self.dtype)(x, train)
+                 dtype=self.dtype, kind=self.shortcut)(x, train)
     return nn.relu(y + s)
 
 
@@ -111,6 +130,7 @@ class OfficialBlock(nn.Module):
   strides: int
   quant: QuantConfig
   dtype: Any = jnp.float32
+  shortcut: str = "projection"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -129,7 +149,7 @@ class OfficialBlock(nn.Module):
       y = batch_norm(train, name=f"bn{i + 1}")(y)
     y = y + Shortcut(self.features, self.strides, self.quant,
                      signed_input=True, dtype=self.dtype,
-                     name="shortcut")(x, train)
+                     kind=self.shortcut, name="shortcut")(x, train)
     y = LearnableBias(name="bias31")(y)
     y = PReLU(name="prelu3")(y)
     return LearnableBias(name="bias32")(y)
@@ -144,6 +164,7 @@ class ResNet(nn.Module):
     widths: channels per stage; the stem has widths[0] channels.
     block: "basic" or "official".
     stem: "cifar" or "imagenet".
+    shortcut: "projection" or "zero_pad" (see the module docstring).
     quant: which layers are quantized, and how.
     dtype: compute dtype (parameters, BatchNorm and logits stay float32).
   """
@@ -152,6 +173,7 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   block: str = "basic"
   stem: str = "cifar"
+  shortcut: str = "projection"
   quant: QuantConfig = QuantConfig()
   dtype: Any = jnp.float32
 
@@ -161,6 +183,9 @@ class ResNet(nn.Module):
       raise ValueError(f"config.model.block={self.block!r}; valid: {BLOCKS}")
     if self.stem not in STEMS:
       raise ValueError(f"config.model.stem={self.stem!r}; valid: {STEMS}")
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"config.model.shortcut={self.shortcut!r}; valid: "
+                       f"{SHORTCUTS}")
     w_bits, a_bits = self.quant.layer("stem")
     # Normalised images can be negative: a quantized stem input is signed.
     x = ActQuant(a_bits, self.quant.signed_act(True), name="stem_quant")(x)
@@ -180,6 +205,7 @@ class ResNet(nn.Module):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(width, strides, self.quant, dtype=self.dtype,
+                      shortcut=self.shortcut,
                       name=f"stage{i + 1}_block{j + 1}")(x, train)
     embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     w_bits, a_bits = self.quant.layer("classifier")
@@ -194,9 +220,16 @@ class ResNet(nn.Module):
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
-# He et al.'s CIFAR ResNet-20 (16/32/64 channels, 3x3 blocks per stage), with
-# 1x1 projection shortcuts.
-ResNet20 = functools.partial(ResNet, stage_sizes=(3, 3, 3), widths=(16, 32, 64),
-                             stem="cifar")
+# He et al.'s CIFAR ResNets, depth 6n + 2 (16/32/64 channels, n blocks per
+# stage). Their own shortcut is "zero_pad"; the default here is "projection".
+CIFAR_RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7,
+                       "resnet56": 9}
+
+
+def cifar_resnet(n: int, **kw) -> ResNet:
+  return ResNet(stage_sizes=(n, n, n), widths=(16, 32, 64), stem="cifar", **kw)
+
+
+ResNet20 = functools.partial(cifar_resnet, 3)
 # Test-only: one block per stage, 8/16 channels.
 ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), widths=(8, 16))
