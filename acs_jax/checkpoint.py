@@ -49,6 +49,57 @@ def save_teacher(directory: str, variables: Any, meta: dict) -> None:
   sharding.sync("acs_jax save_teacher done")  # teacher.json exists for all
 
 
+# teacher.json fields that older teachers lack, with the value they meant.
+_TEACHER_META_DEFAULTS = {"shortcut": "projection"}
+
+
+def read_teacher_meta(directory: str) -> dict:
+  """The teacher.json of a teacher directory (CheckpointError if absent)."""
+  directory = os.path.abspath(directory)
+  meta_path = os.path.join(directory, "teacher.json")
+  if not os.path.exists(meta_path):
+    raise CheckpointError(
+        f"config.teacher.checkpoint={directory!r} is not a teacher checkpoint "
+        "(no teacher.json); it is written by a run's teacher stage into "
+        "WORKDIR/teacher, or by `python -m acs_jax.pretrained.convert` from a "
+        "PyTorch checkpoint")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"teacher checkpoint {directory}: unreadable "
+                          f"teacher.json ({e})") from None
+  return {**_TEACHER_META_DEFAULTS, **meta}
+
+
+def _meta_matches(key: str, saved: Any, value: Any, meta: dict) -> bool:
+  if key == "stem" and saved == "auto":  # written before stems were resolved
+    saved = "imagenet" if meta.get("image_shape", [0])[0] >= 64 else "cifar"
+  return saved == value
+
+
+# teacher.json field -> the config field that must agree with it.
+_MODEL_FIELDS = {"model": "model.name", "block": "model.block",
+                 "stem": "model.stem", "shortcut": "model.shortcut",
+                 "width_mult": "model.width_mult"}
+
+
+def check_teacher_meta(directory: str, meta: dict, expect: dict) -> None:
+  """Refuses a teacher whose recorded model differs from `expect`."""
+  wrong = [k for k, v in expect.items()
+           if not _meta_matches(k, meta.get(k), v, meta)]
+  if not wrong:
+    return
+  fields = "; ".join(f"{k}={meta.get(k)!r} there, {expect[k]!r} here"
+                     for k in wrong)
+  fixes = " ".join(f"--config.{_MODEL_FIELDS[k]}={meta.get(k)}"
+                   for k in wrong if k in _MODEL_FIELDS)
+  raise CheckpointError(
+      f"teacher checkpoint {os.path.abspath(directory)} is incompatible with "
+      f"this config: {fields}"
+      + (f" (to use this teacher: {fixes})" if fixes else ""))
+
+
 def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:
   """Restores teacher variables shaped like `like` (e.g. from eval_shape).
 
@@ -65,23 +116,8 @@ def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:
       written or deleted.
   """
   directory = os.path.abspath(directory)
-  meta_path = os.path.join(directory, "teacher.json")
-  if not os.path.exists(meta_path):
-    raise CheckpointError(
-        f"config.teacher.checkpoint={directory!r} is not a teacher checkpoint "
-        "(no teacher.json); it is written by a run's teacher stage into "
-        "WORKDIR/teacher")
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"teacher checkpoint {directory}: unreadable "
-                          f"teacher.json ({e})") from None
-  for key, value in expect.items():
-    if meta.get(key) != value:
-      raise CheckpointError(
-          f"teacher checkpoint {directory} is incompatible with this config: "
-          f"{key}={meta.get(key)!r} there, {value!r} here")
+  meta = read_teacher_meta(directory)
+  check_teacher_meta(directory, meta, expect)
   try:
     with ocp.StandardCheckpointer() as ckptr:
       restored = ckptr.restore(os.path.join(directory, "variables"),

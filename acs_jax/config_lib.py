@@ -10,18 +10,21 @@ import os
 
 import ml_collections
 
+from acs_jax import models
 from acs_jax import quant
 from acs_jax.coreset import selector as selector_lib
+from acs_jax.data import datasets
 
 DATA_SOURCES = ("tfds", "npz", "image_folder", "digits", "synthetic")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "linear", "step", "constant")
 LOSSES = ("kd", "ce", "kd+ce")
-MODEL_NAMES = ("resnet18", "resnet34", "resnet20", "mobilenetv2",
-               "resnet_tiny")
-BLOCKS = ("basic", "official")
-STEMS = ("auto", "cifar", "imagenet")
-DTYPES = ("float32", "bfloat16")
+MODEL_NAMES = models.MODELS
+BLOCKS = models.BLOCKS
+STEMS = ("auto", *models.STEMS)
+SHORTCUTS = models.SHORTCUTS
+DTYPES = tuple(models.DTYPES)
+NORMALIZATIONS = ("auto", "dataset", *datasets.NORMALIZATIONS)
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.image_size = 0           # image_folder resize / crop (0 = default)
   config.data.channels = 0             # image_folder / synthetic (0 = default)
   config.data.augment = "auto"         # auto | cifar | crop | imagenet | none
+  # Input normalisation: auto (the loaded teacher's, else the data's own
+  # statistics) | dataset | imagenet | cifar10 | cifar100.
+  config.data.normalization = "auto"
   config.data.label_noise = 0.0        # symmetric noise on training labels
   config.data.seed = 0                 # seeds label noise / synthetic data
   # synthetic source only:
@@ -73,6 +79,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.name = "resnet18"
   config.model.block = "basic"         # basic | official
   config.model.stem = "auto"           # auto | cifar | imagenet
+  config.model.shortcut = "projection"  # projection | zero_pad (He et al. A)
   config.model.width_mult = 1.0        # mobilenetv2
   config.model.dropout = 0.2           # mobilenetv2
   config.model.dtype = "float32"       # compute dtype: float32 | bfloat16
@@ -89,6 +96,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Stage 1: the full-precision teacher (trained unless a checkpoint is given).
   config.teacher = optim_config(epochs=30, lr=0.1, schedule="cosine")
   config.teacher.checkpoint = ""       # a teacher checkpoint dir to load
+  # Epochs of training a loaded checkpoint on this run's data before QAT
+  # (with the fields above: lr, schedule, batch size); 0 uses it as it is.
+  config.teacher.finetune_epochs = 0
 
   # Stage 2: QAT of the student on the coreset.
   config.train = optim_config()
@@ -135,7 +145,9 @@ def _positive(value, field, integer=True, allow_zero=False):
 
 
 def _validate_optim(c, prefix):
-  _positive(c.epochs, f"{prefix}.epochs", allow_zero=prefix == "teacher")
+  # teacher.epochs 0: an untrained teacher; train.epochs 0: no QAT stage
+  # (the teacher is trained or loaded and evaluated).
+  _positive(c.epochs, f"{prefix}.epochs", allow_zero=True)
   _positive(c.batch_size, f"{prefix}.batch_size")
   _choice(c.optimizer, OPTIMIZERS, f"{prefix}.optimizer")
   _choice(c.schedule, LR_SCHEDULES, f"{prefix}.schedule")
@@ -156,6 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "needs the path of the .npz file / image folder")
     if not os.path.exists(d.path):
       raise ConfigError(f"config.data.path={d.path!r} does not exist")
+  _choice(d.normalization, NORMALIZATIONS, "data.normalization")
   if not 0.0 <= d.label_noise < 1.0:
     raise ConfigError(f"config.data.label_noise={d.label_noise!r} is not "
                       "valid; it must be in [0, 1)")
@@ -163,6 +176,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(m.name, MODEL_NAMES, "model.name")
   _choice(m.block, BLOCKS, "model.block")
   _choice(m.stem, STEMS, "model.stem")
+  _choice(m.shortcut, SHORTCUTS, "model.shortcut")
+  if m.shortcut == "zero_pad" and m.name == "mobilenetv2":
+    raise ConfigError("config.model.shortcut='zero_pad' is a ResNet option; "
+                      "mobilenetv2 has no such shortcut (use 'projection')")
   _choice(m.dtype, DTYPES, "model.dtype")
   try:
     quant.from_config(config.quant)
@@ -172,6 +189,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.teacher.checkpoint and not os.path.isdir(config.teacher.checkpoint):
     raise ConfigError(f"config.teacher.checkpoint={config.teacher.checkpoint!r}"
                       " is not a directory")
+  _positive(config.teacher.finetune_epochs, "teacher.finetune_epochs",
+            allow_zero=True)
+  if config.teacher.finetune_epochs and not config.teacher.checkpoint:
+    raise ConfigError(
+        f"config.teacher.finetune_epochs={config.teacher.finetune_epochs} "
+        "needs config.teacher.checkpoint (the teacher to fine-tune); without "
+        "one, config.teacher.epochs trains a teacher from scratch")
   _validate_optim(config.train, "train")
   _choice(config.train.loss, LOSSES, "train.loss")
   if not 0.0 <= config.train.kd_alpha <= 1.0:
@@ -196,7 +220,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.coreset.warmup_epochs=0 is not valid for "
                       "selector 'forgetting': forgetting events are counted "
                       "during warm-up training; use >= 1")
-  if c.warmup_epochs >= config.train.epochs:
+  if config.train.epochs and c.warmup_epochs >= config.train.epochs:
     raise ConfigError(f"config.coreset.warmup_epochs={c.warmup_epochs} must "
                       f"be < config.train.epochs={config.train.epochs}")
   _positive(config.checkpoint.every_epochs, "checkpoint.every_epochs")

@@ -10,6 +10,11 @@ The config is an ordinary experiment config plus a `config.sweep` section:
   sweep.seeds             e.g. (0, 1, 2): config.seed of each run.
   sweep.label_noise       e.g. (0.0, 0.2): config.data.label_noise per run.
   sweep.teacher_per_noise one teacher per label-noise rate (default True).
+  sweep.full_seeds        seeds of the "full" runs (default: sweep.seeds);
+                          full-data QAT costs 1/fraction coreset runs.
+  sweep.extra             more (selector, fraction) cells, run for every seed
+                          after the grid, e.g. (("random", 0.15),): random at
+                          the fraction whose cost matches ACS at 10 %.
   sweep.compilation_cache keep XLA executables in DIR/jax_cache (default
                           True; command line only) so later runs compile
                           less.
@@ -21,7 +26,9 @@ rates and sweep.teacher_per_noise (the default), the first run of each rate
 trains one, because the teacher learns from the same (noisy) training labels
 as its students: a clean teacher would hand a KD student the clean labels. If
 the base config already names config.teacher.checkpoint, no teacher is
-trained. All runs of one teacher share its seed (the first run's); the seeds
+trained: every run loads that one, unless config.teacher.finetune_epochs > 0,
+when the first run (of each rate) fine-tunes it and the others load the
+fine-tuned one. All runs of one teacher share its seed (the first run's); the seeds
 vary only the student stage. data.seed is not varied, so every run of one
 noise rate sees the same flipped labels as its teacher.
 
@@ -63,9 +70,9 @@ ConfigError = config_lib.ConfigError
 CSV_FIELDS = (
     "sweep", "run", "selector", "fraction", "seed", "label_noise",
     "student_final_top1", "student_best_top1", "teacher_top1",
-    "teacher_trained_here", "seconds_teacher", "seconds_select",
-    "seconds_train", "seconds_eval", "seconds_total", "train_epochs",
-    "coreset_size")
+    "teacher_pretrained_top1", "teacher_trained_here", "seconds_teacher",
+    "seconds_select", "seconds_train", "seconds_eval", "seconds_total",
+    "train_epochs", "coreset_size")
 
 
 def sweep_defaults() -> ml_collections.ConfigDict:
@@ -77,6 +84,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
   s.seeds = (0,)
   s.label_noise = (0.0,)
   s.teacher_per_noise = True
+  s.full_seeds = ()
+  s.extra = ()
   s.compilation_cache = True
   return s
 
@@ -135,6 +144,8 @@ class SweepSpec:
   label_noise: tuple[float, ...]
   teacher_per_noise: bool
   compilation_cache: bool
+  full_seeds: tuple[int, ...] = ()
+  extra: tuple[tuple[str, float], ...] = ()
 
 
 def sweep_section(config: ml_collections.ConfigDict) -> SweepSpec:
@@ -157,7 +168,18 @@ def sweep_section(config: ml_collections.ConfigDict) -> SweepSpec:
       seeds=_as_tuple(values["seeds"], "seeds"),
       label_noise=_as_tuple(values["label_noise"], "label_noise"),
       teacher_per_noise=bool(values["teacher_per_noise"]),
-      compilation_cache=bool(values["compilation_cache"]))
+      compilation_cache=bool(values["compilation_cache"]),
+      full_seeds=(_as_tuple(values["full_seeds"], "full_seeds")
+                  if values["full_seeds"] else ()),
+      extra=(tuple(tuple(cell) for cell in _as_tuple(values["extra"],
+                                                     "extra"))
+             if values["extra"] else ()))
+  for cell in spec.extra:
+    if (len(cell) != 2 or cell[0] not in baselines.SELECTORS
+        or isinstance(cell[1], bool) or not isinstance(cell[1], (int, float))
+        or not 0 < cell[1] <= 1):
+      raise ConfigError(f"config.sweep.extra: {cell!r} is not valid; each "
+                        "cell is (selector, fraction in (0, 1])")
   for name in spec.selectors:
     if name not in baselines.SELECTORS:
       raise ConfigError(f"config.sweep.selectors: {name!r} is not valid; "
@@ -166,7 +188,7 @@ def sweep_section(config: ml_collections.ConfigDict) -> SweepSpec:
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
       raise ConfigError(f"config.sweep.fractions: {f!r} is not valid; each "
                         "must be in (0, 1]")
-  for seed in spec.seeds:
+  for seed in spec.seeds + spec.full_seeds:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
       raise ConfigError(f"config.sweep.seeds: {seed!r} is not valid; each "
                         "must be an integer >= 0")
@@ -206,21 +228,25 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
   s = sweep_section(config)
   runs: list[Run] = []
   for noise in s.label_noise:
-    for selector in s.selectors:
-      # "full" trains on every sample: one run per seed, not per fraction.
-      fractions = (1.0,) if selector == "full" else s.fractions
-      for fraction in fractions:
-        for seed in s.seeds:
-          name = run_name(selector, fraction, seed, noise)
-          c = _run_config(config, selector=selector, fraction=fraction,
-                          seed=seed, label_noise=noise)
-          try:
-            config_lib.validate(c)
-          except ConfigError as e:
-            raise ConfigError(f"sweep run {name}: {e}") from None
-          runs.append(Run(name, selector, float(fraction), int(seed),
-                          float(noise), c))
-  if not config.teacher.checkpoint:
+    # "full" trains on every sample: one run per seed, not per fraction.
+    cells = [(sel, f) for sel in s.selectors
+             for f in ((1.0,) if sel == "full" else s.fractions)]
+    cells += [c for c in s.extra if c not in cells]
+    for selector, fraction in cells:
+      seeds = s.full_seeds if selector == "full" and s.full_seeds else s.seeds
+      for seed in seeds:
+        name = run_name(selector, fraction, seed, noise)
+        c = _run_config(config, selector=selector, fraction=fraction,
+                        seed=seed, label_noise=noise)
+        try:
+          config_lib.validate(c)
+        except ConfigError as e:
+          raise ConfigError(f"sweep run {name}: {e}") from None
+        runs.append(Run(name, selector, float(fraction), int(seed),
+                        float(noise), c))
+  # A teacher is made by the first run (of each noise rate): trained, or
+  # fine-tuned from config.teacher.checkpoint; the other runs load it.
+  if not config.teacher.checkpoint or config.teacher.finetune_epochs:
     teacher_of: dict[Any, str] = {}
     for run in runs:
       key = run.label_noise if s.teacher_per_noise else None
@@ -251,7 +277,7 @@ def check_coreset_sizes(runs: Sequence[Run]) -> None:
         ds = datasets.load_dataset(train.data_config(run.config.data))
       except ValueError as e:  # The data module names the field already.
         raise ConfigError(str(e)) from None
-      labels_of[key] = np.asarray(ds.arrays("train")[1])
+      labels_of[key] = ds.train_labels()
     labels = labels_of[key]
     size = train.coreset_size(labels, run.fraction,
                               run.config.coreset.balance)
@@ -332,6 +358,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str
       teacher_dir = os.path.join(runs_dir, run.teacher_run, "teacher")
       c = copy.deepcopy(c)
       c.teacher.checkpoint = teacher_dir
+      c.teacher.finetune_epochs = 0  # fine-tuned once, by its own run
     if os.path.exists(os.path.join(run_dir, "summary.json")):
       print(f"{head}: finished earlier, skipped", flush=True)
       changed = _config_differences(run_dir, c)
@@ -392,6 +419,7 @@ def collect(workdir: str, runs: Sequence[Run], sweep_name: str
         "student_final_top1": summary.get("student_final_test_top1"),
         "student_best_top1": summary.get("student_best_test_top1"),
         "teacher_top1": summary.get("teacher_test_top1"),
+        "teacher_pretrained_top1": summary.get("teacher_pretrained_test_top1"),
         "teacher_trained_here": bool(teacher_lines),
         "seconds_teacher": teacher_s,
         # Scoring (student forward over the training set, plus the teacher's
@@ -461,8 +489,12 @@ def markdown_table(rows: Sequence[dict]) -> str:
   lines = []
   teachers = [r for r in rows if r["teacher_trained_here"]]
   for t in teachers:
+    how = f"trained in run `{t['run']}`"
+    if t.get("teacher_pretrained_top1") is not None:
+      how = (f"pretrained, {100 * t['teacher_pretrained_top1']:.2f} % as "
+             f"loaded, fine-tuned in run `{t['run']}`")
     lines.append(
-        f"FP teacher (trained in run `{t['run']}`): test top-1 "
+        f"FP teacher ({how}): test top-1 "
         f"{100 * t['teacher_top1']:.2f} %, {t['seconds_teacher']:.0f} s.")
   if not teachers and rows:
     lines.append(f"FP teacher (loaded): test top-1 "

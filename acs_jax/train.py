@@ -14,6 +14,7 @@ config.json and summary.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -260,47 +261,124 @@ def _state_arrays(state: steps.TrainState) -> dict:
 
 
 def _teacher_meta(config, dataset) -> dict:
-  return {"model": config.model.name, "block": config.model.block,
-          "stem": config.model.stem, "width_mult": config.model.width_mult,
+  """What a teacher checkpoint records of the model, and must match on load."""
+  m = config.model
+  stem = m.stem
+  if stem == "auto":  # as models.build_model resolves it
+    stem = "imagenet" if dataset.image_shape[0] >= 64 else "cifar"
+  return {"model": m.name, "block": m.block, "stem": stem,
+          "shortcut": m.shortcut, "width_mult": m.width_mult,
           "num_classes": int(dataset.num_classes),
           "image_shape": list(dataset.image_shape)}
 
 
+def teacher_source(config, workdir: str) -> str:
+  """The teacher directory the run loads ("" when it trains one).
+
+  WORKDIR/teacher (a finished teacher stage of this run, fine-tuned or
+  trained) comes first, then config.teacher.checkpoint. Every process must
+  take the same branch: process 0's view decides (the workdir must be
+  storage shared by all hosts).
+  """
+  teacher_dir = os.path.join(workdir, "teacher")
+  finished = os.path.exists(os.path.join(teacher_dir, "teacher.json"))
+  if bool(sharding.broadcast_from_primary(np.asarray(finished))):
+    return teacher_dir
+  return config.teacher.checkpoint
+
+
+def resolve_normalization(dataset, requested: str, teacher_meta: dict | None,
+                          source: str = ""):
+  """The dataset with the input normalisation the run must use.
+
+  "auto": the teacher's recorded normalisation if it has one, else the
+  dataset's own statistics; "dataset" or a name of datasets.NORMALIZATIONS:
+  exactly that, refused (ConfigError) when the teacher was trained with
+  another.
+  """
+  recorded = None
+  if teacher_meta and "mean" in teacher_meta:
+    recorded = (tuple(teacher_meta["mean"]), tuple(teacher_meta["std"]))
+  if requested == "auto":
+    stats = recorded or (dataset.mean, dataset.std)
+  elif requested == "dataset":
+    stats = (dataset.mean, dataset.std)
+  else:
+    stats = datasets.NORMALIZATIONS[requested]
+  if len(stats[0]) != dataset.image_shape[-1]:
+    raise ConfigError(
+        f"config.data.normalization={requested!r} has {len(stats[0])} "
+        f"channels, the data {dataset.image_shape[-1]}")
+  if recorded is not None and not np.allclose(stats, recorded, atol=1e-6):
+    raise ConfigError(
+        f"config.data.normalization={requested!r} (mean "
+        f"{_fmt(stats[0])}, std {_fmt(stats[1])}) contradicts the teacher "
+        f"{source}, trained with mean {_fmt(recorded[0])}, std "
+        f"{_fmt(recorded[1])} ({teacher_meta.get('normalization', 'its own')})"
+        "; use 'auto' to take the teacher's")
+  return dataclasses.replace(dataset, mean=tuple(map(float, stats[0])),
+                             std=tuple(map(float, stats[1])))
+
+
+def _normalization_name(config, teacher_meta: dict | None) -> str:
+  """The name of the normalisation resolve_normalization chose."""
+  if config.data.normalization != "auto":
+    return config.data.normalization
+  if teacher_meta and "mean" in teacher_meta:
+    return teacher_meta.get("normalization", "teacher")
+  return "dataset"
+
+
+def _fmt(values) -> str:
+  return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
-                  ckpt=None):
-  """Loads or trains the FP teacher. Returns (variables, test metrics)."""
+                  ckpt=None, source: str = ""):
+  """Loads, fine-tunes or trains the FP teacher.
+
+  `source` (see teacher_source) is loaded when given; a loaded
+  config.teacher.checkpoint is then fine-tuned for
+  config.teacher.finetune_epochs epochs (0: used as it is). A trained or
+  fine-tuned teacher is saved to WORKDIR/teacher.
+
+  Returns:
+    (variables, test metrics, info): info has "pretrained_test_top1" when a
+    checkpoint was fine-tuned.
+  """
   meta = _teacher_meta(config, dataset)
   like = jax.eval_shape(lambda: init_variables(teacher_model,
                                                dataset.image_shape,
                                                config.seed))
   teacher_dir = os.path.join(workdir, "teacher")
-  source = config.teacher.checkpoint or (
-      teacher_dir if os.path.exists(os.path.join(teacher_dir, "teacher.json"))
-      else "")
-  # Every process must take the same branch (load or train): one that trained
-  # while the others loaded would run other collectives and hang. Process 0's
-  # view decides; the workdir must be storage shared by all hosts.
-  if not bool(sharding.broadcast_from_primary(np.asarray(bool(source)))):
-    source = ""
-  elif not source:
-    source = teacher_dir
+  c = config.teacher
+  info = {}
+  eval_runner = None
+  variables, loaded_meta = None, None
   if source:
-    variables, _ = ckpt_lib.load_teacher(source, like, meta)
+    variables, loaded_meta = ckpt_lib.load_teacher(source, like, meta)
     variables = sharding.replicate(variables, mesh)
-    runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
-                    lr_schedule=None)
-    result = evaluate(runner, variables, dataset, _eval_batch_size(config))
+    eval_runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
+                         lr_schedule=None)
+    result = evaluate(eval_runner, variables, dataset,
+                      _eval_batch_size(config))
     logging.info("Loaded teacher from %s: test top-1 %.4f", source,
                  result["top1"])
-    return variables, result
-
-  c = config.teacher
+    if source == teacher_dir or not c.finetune_epochs:
+      return variables, result, {
+          k: loaded_meta[k] for k in ("pretrained_test_top1",)
+          if k in loaded_meta}
+    info["pretrained_test_top1"] = result["top1"]
+  epochs = c.finetune_epochs if source else c.epochs
   all_idx = np.arange(dataset.num_examples("train"), dtype=np.int64)
   spe = input_pipeline.steps_per_epoch(len(all_idx), c.batch_size)
-  tx, schedule = steps.make_optimizer(c, spe, step_size_lr_mult=1.0)
+  tx, schedule = steps.make_optimizer(c, spe, step_size_lr_mult=1.0,
+                                      epochs=epochs)
   runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
                   lr_schedule=schedule)
-  variables = init_variables(teacher_model, dataset.image_shape, config.seed)
+  if variables is None:
+    variables = init_variables(teacher_model, dataset.image_shape,
+                               config.seed)
   state = steps.TrainState.create(apply_fn=teacher_model.apply,
                                   params=variables["params"], tx=tx,
                                   batch_stats=variables["batch_stats"])
@@ -308,8 +386,8 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
   rng = jax.random.key(config.seed + 1)
   state, result, _ = run_epochs(
       stage="teacher", runner=runner, state=state, dataset=dataset,
-      epochs=c.epochs, batch_size=c.batch_size, seed=config.seed, rng=rng,
-      eval_every=max(1, c.epochs), eval_batch_size=_eval_batch_size(config),
+      epochs=epochs, batch_size=c.batch_size, seed=config.seed, rng=rng,
+      eval_every=max(1, epochs), eval_batch_size=_eval_batch_size(config),
       writer=writer, choose_indices=lambda e, s: (all_idx, {}),
       log_every_steps=config.log_every_steps, ckpt=ckpt,
       ckpt_every=config.checkpoint.every_epochs)
@@ -318,9 +396,14 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
     result = evaluate(runner, variables, dataset, _eval_batch_size(config))
   # Every process calls the save: orbax's save is a collective (its barriers
   # wait for all processes); only process 0 writes the files.
-  ckpt_lib.save_teacher(teacher_dir, sharding.to_host(variables),
-                        {**meta, "test_top1": result["top1"]})
-  return variables, result
+  ckpt_lib.save_teacher(
+      teacher_dir, sharding.to_host(variables),
+      {**meta, "test_top1": result["top1"], "mean": list(dataset.mean),
+       "std": list(dataset.std),
+       "normalization": _normalization_name(config, loaded_meta), **info,
+       **({"finetuned_from": os.path.abspath(source),
+           "finetune_epochs": epochs} if source else {})})
+  return variables, result, info
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +419,7 @@ class CoresetSchedule:
     self.c = c
     self.config = config
     self.dataset = dataset
-    self.labels = np.asarray(dataset.arrays("train")[1], np.int64)
+    self.labels = np.asarray(dataset.train_labels(), np.int64)
     self.num_classes = dataset.num_classes
     self.n = len(self.labels)
     self.runner = runner
@@ -474,7 +557,7 @@ class CoresetSchedule:
 def student_stage(config, dataset, teacher_model, teacher_variables,
                   student_model, mesh, workdir, writer, ckpt=None):
   c = config.train
-  labels = np.asarray(dataset.arrays("train")[1])
+  labels = dataset.train_labels()
   sel = baselines.get_selector(config.coreset.selector)
   full_size = len(labels)
   size = (full_size if sel.mode == "full" else
@@ -590,6 +673,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ConfigError("config.quant.bits='fp' leaves nothing to quantize; "
                       "valid values: 'w<B>' or 'w<B>a<B>' (e.g. 'w2', "
                       "'w4a4')")
+  source = teacher_source(config, workdir)
+  teacher_meta = ckpt_lib.read_teacher_meta(source) if source else None
+  if teacher_meta is not None:  # refuse another model before any work
+    ckpt_lib.check_teacher_meta(source, teacher_meta,
+                                _teacher_meta(config, dataset))
+  dataset = resolve_normalization(dataset, config.data.normalization,
+                                  teacher_meta, source)
   make = functools.partial(models.model_from_config, config,
                            dataset.num_classes, dataset.image_shape[0])
   teacher_model, student_model = make(qc.as_float()), make(qc)
@@ -605,29 +695,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t_start = time.time()
   with MetricsWriter(workdir) as writer:
     t0 = time.time()
-    teacher_vars, teacher_eval = teacher_stage(config, dataset, teacher_model,
-                                               mesh, workdir, writer,
-                                               ckpts["teacher"])
+    teacher_vars, teacher_eval, teacher_info = teacher_stage(
+        config, dataset, teacher_model, mesh, workdir, writer,
+        ckpts["teacher"], source)
     t_teacher = time.time() - t0
     logging.info("Teacher test top-1: %.4f", teacher_eval["top1"])
-    t0 = time.time()
-    _, initial, last, best = student_stage(
-        config, dataset, teacher_model, teacher_vars, student_model, mesh,
-        workdir, writer, ckpts["train"])
-    t_student = time.time() - t0
     summary = {
         "dataset": dataset.name, "model": config.model.name,
         "bits": qc.name, "selector": config.coreset.selector,
         "fraction": config.coreset.fraction,
-        "teacher_test_top1": teacher_eval["top1"],
-        "student_init_test_top1": initial["top1"],
-        "student_final_test_top1": last["top1"] if last else None,
-        "student_final_test_top5": last["top5"] if last else None,
-        "student_best_test_top1": best.get("top1"),
-        "student_best_epoch": best.get("epoch"),
-        "seconds_teacher": t_teacher, "seconds_student": t_student,
-        "seconds_total": time.time() - t_start,
-    }
+        "teacher_test_top1": teacher_eval["top1"], **{
+            f"teacher_{k}": v for k, v in teacher_info.items()},
+        "seconds_teacher": t_teacher}
+    if config.train.epochs:  # 0: evaluate the teacher only
+      t0 = time.time()
+      _, initial, last, best = student_stage(
+          config, dataset, teacher_model, teacher_vars, student_model, mesh,
+          workdir, writer, ckpts["train"])
+      summary.update({
+          "student_init_test_top1": initial["top1"],
+          "student_final_test_top1": last["top1"] if last else None,
+          "student_final_test_top5": last["top5"] if last else None,
+          "student_best_test_top1": best.get("top1"),
+          "student_best_epoch": best.get("epoch"),
+          "seconds_student": time.time() - t0})
+    summary["seconds_total"] = time.time() - t_start
     writer.write_summary(summary)
   for c in ckpts.values():
     c.close()

@@ -1,4 +1,5 @@
 """Tests for acs_jax.data.input_pipeline (tf.data over coreset indices)."""
+import dataclasses
 import io
 
 import numpy as np
@@ -432,3 +433,89 @@ def test_centre_crop_geometry():
                                channels=3).numpy()
   assert out.shape == (24, 24, 3)
   assert out[:, :10].max() < 1 and out[:, 14:].min() > 254
+
+
+# ---------------------------------------------------------------------------
+# Dataset.train_labels: the one way to read the training labels.
+
+
+class _BatchCountingSource(_ListSource):
+  """A _ListSource that also records each __getitems__ call."""
+
+  def __init__(self, records):
+    super().__init__(records)
+    self.batches = []
+
+  def __getitems__(self, idx):
+    self.batches.append(list(idx))
+    return super().__getitems__(idx)
+
+
+class _ItemOnlySource(_ListSource):
+  """A source without __getitems__ (plain `len` and `[i]`)."""
+  __getitems__ = None
+
+
+def test_train_labels_in_memory_is_y_train(synth):
+  labels = synth.train_labels()
+  assert labels.dtype == np.int32 and labels.shape == (N,)
+  np.testing.assert_array_equal(labels, synth.y_train)
+  noisy = data.with_label_noise(synth, 0.3, seed=2)
+  np.testing.assert_array_equal(noisy.train_labels(), noisy.y_train)
+  assert (noisy.train_labels() != synth.y_train).sum() == round(0.3 * N)
+
+
+def test_train_labels_random_access_read_once_in_batches(random_access,
+                                                         monkeypatch):
+  from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(datasets, "_LABEL_READ_BATCH", 16)
+  source = _BatchCountingSource(random_access.train_source.records)
+  ds = dataclasses.replace(random_access, train_source=source)
+  true = np.array([r["label"] for r in source.records])
+  labels = ds.train_labels()
+  assert labels.dtype == np.int32 and labels.shape == (45,)
+  np.testing.assert_array_equal(labels, true)
+  assert [len(b) for b in source.batches] == [16, 16, 13]
+  assert sorted(source.reads) == list(range(45))
+  # Cached per Dataset object: the second call reads nothing.
+  assert ds.train_labels() is labels and len(source.reads) == 45
+  with pytest.raises(ValueError, match="read-only"):
+    labels[0] = 1
+  # A source without __getitems__ is read record by record.
+  plain = _ItemOnlySource(source.records)
+  np.testing.assert_array_equal(
+      dataclasses.replace(random_access, train_source=plain).train_labels(),
+      true)
+  assert sorted(plain.reads) == list(range(45))
+
+
+def test_train_labels_random_access_noise_matches_pipeline(random_access):
+  source = _ListSource(random_access.train_source.records)
+  ds = data.with_label_noise(
+      dataclasses.replace(random_access, train_source=source), 0.4, seed=5)
+  true = np.array([r["label"] for r in source.records])
+  labels = ds.train_labels()
+  np.testing.assert_array_equal(labels, (true + ds.label_offsets) % 4)
+  assert (labels != true).sum() == round(0.4 * 45)
+  assert len(source.reads) == 45
+  # The labels the input pipeline yields for the same samples (training and
+  # scoring iterators) agree with train_labels().
+  seen = {}
+  for b in data.make_train_iterator(ds, np.arange(45), global_batch=9,
+                                    seed=0, epoch=0, augment=False):
+    seen.update(zip(b["index"].tolist(), b["label"].tolist()))
+  assert sorted(seen) == list(range(45))
+  for b in data.make_eval_iterator(ds, "train", batch_size=8):
+    m = b["mask"]
+    np.testing.assert_array_equal(b["label"][m], labels[b["index"][m]])
+  np.testing.assert_array_equal([seen[i] for i in range(45)], labels)
+
+
+def test_train_labels_bad_source(random_access):
+  short = _ListSource(random_access.train_source.records[:40])
+  with pytest.raises(ValueError, match="has 40 records, the dataset says 45"):
+    dataclasses.replace(random_access, train_source=short).train_labels()
+  bad = _ListSource([{**r, "label": 7}
+                     for r in random_access.train_source.records])
+  with pytest.raises(ValueError, match=r"must be in \[0, 4\), got \[7, 7\]"):
+    dataclasses.replace(random_access, train_source=bad).train_labels()

@@ -174,8 +174,9 @@ def _reload_teacher(config, workdir: str) -> dict:
       quant.from_config(config.quant).as_float())
   mesh = sharding.make_mesh()
   with MetricsWriter(os.path.join(workdir, "reload")) as writer:
-    variables, result = train.teacher_stage(config, dataset, teacher, mesh,
-                                            workdir, writer)
+    variables, result, _ = train.teacher_stage(
+        config, dataset, teacher, mesh, workdir, writer,
+        source=train.teacher_source(config, workdir))
   return {"checksum": _checksums(sharding.to_host(variables)),
           "top1": result["top1"]}
 

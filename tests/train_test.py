@@ -256,6 +256,12 @@ def test_every_config_file_validates_and_documents_itself():
     if config.data.source in ("npz", "image_folder") and not os.path.exists(
         config.data.path):
       config.data.path = root  # the file lives outside the repo
+    if config.teacher.finetune_epochs and not config.teacher.checkpoint:
+      # A config that fine-tunes a pretrained teacher names it by flag.
+      with pytest.raises(config_lib.ConfigError,
+                         match=r"needs config\.teacher\.checkpoint"):
+        config_lib.validate(config)
+      config.teacher.checkpoint = root
     config_lib.validate(config)
     doc = mod.__doc__ or ""
     assert f"--config=configs/{name}" in doc, name

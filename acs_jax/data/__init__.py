@@ -12,6 +12,7 @@ from acs_jax.data.datasets import Dataset
 from acs_jax.data.datasets import label_noise_offsets
 from acs_jax.data.datasets import load_dataset
 from acs_jax.data.datasets import SOURCES
+from acs_jax.data.datasets import shift_labels
 from acs_jax.data.datasets import TFDS_NAMES
 from acs_jax.data.datasets import with_label_noise
 from acs_jax.data.input_pipeline import eval_steps
@@ -26,6 +27,6 @@ __all__ = [
     "AUGMENTS", "CONFIG_DEFAULTS", "Dataset", "NumpyIterator", "SOURCES",
     "TFDS_NAMES", "apply_label_noise", "eval_steps", "label_noise_offsets",
     "load_dataset", "make_eval_dataset", "make_eval_iterator",
-    "make_train_dataset", "make_train_iterator", "steps_per_epoch",
-    "with_label_noise",
+    "make_train_dataset", "make_train_iterator", "shift_labels",
+    "steps_per_epoch", "with_label_noise",
 ]

@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import numbers
 import os
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +41,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # explicit size: batch_size=-1 aborts the process under tfds mock data and
 # makes TF build one giant batch (DEPENDENCIES.md pitfall P4).
 _TFDS_READ_BATCH = 10_000
+# Records per __getitems__ call when reading every training label of a
+# random-access source (Dataset.train_labels).
+_LABEL_READ_BATCH = 4096
 
 # Digits: 1797 samples, split 1437 train / 360 test (20%), stratified by class.
 # The split uses a fixed seed, NOT config.data.seed, so that runs with
@@ -51,6 +55,14 @@ _DIGITS_SPLIT_SEED = 0
 # too expensive to recompute from 1.28M JPEGs at load time.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# Named input normalisations, (mean, std) in [0, 1] pixel units:
+# config.data.normalization and the teachers imported from PyTorch. The CIFAR
+# values are the usual per-dataset statistics of the original pixels.
+NORMALIZATIONS = {
+    "imagenet": (_IMAGENET_MEAN, _IMAGENET_STD),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 # name -> (augment, crop padding, pad mode) for the TFDS datasets. Digit and
@@ -106,7 +118,8 @@ class Dataset:
     pad_mode: "reflect" or "constant" (zero) padding for the crops.
     x_train: uint8 [N, H, W, C] or None (random-access datasets).
     y_train: int32 [N] training labels, WITH label noise if any; None for
-      random-access datasets (labels come with the records).
+      random-access datasets (labels come with the records). Read the
+      training labels of either kind with `train_labels()`.
     x_test: uint8 [M, H, W, C] or None.
     y_test: int32 [M] or None.
     y_train_clean: int32 [N], the true training labels (== y_train without
@@ -207,10 +220,64 @@ class Dataset:
       return np.zeros(self.num_train, dtype=bool)
     return self.label_offsets != 0
 
+  def train_labels(self) -> np.ndarray:
+    """int32 [N]: every training label, WITH label noise if the dataset has it.
+
+    The one way to get the training labels of either kind of dataset. In
+    memory: y_train (already noisy). Random access: the "label" field of every
+    training record, read once per Dataset object (in batches through
+    `__getitems__` when the source has it; the images stay encoded bytes, so
+    nothing is decoded) and cached in `self.cache`; label noise is applied as
+    the input pipeline applies it to the records it reads,
+    `shift_labels(true, label_offsets, K)`. The result is read-only.
+    """
+    if self.in_memory:
+      return np.asarray(self.y_train, dtype=np.int32)
+    key = "train_labels"
+    if key not in self.cache:
+      t0 = time.time()
+      true = read_source_labels(self.train_source, self.num_train,
+                                self.num_classes, self.name)
+      labels = (true if self.label_offsets is None else
+                shift_labels(true, self.label_offsets, self.num_classes))
+      labels.setflags(write=False)
+      self.cache[key] = labels
+      logging.info("Read the labels of the %d training records of %s in "
+                   "%.1fs", self.num_train, self.name, time.time() - t0)
+    return self.cache[key]
+
 
 def _check_split(split: str) -> None:
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def read_source_labels(source: Any, num_records: int, num_classes: int,
+                       name: str = "dataset") -> np.ndarray:
+  """int32 [num_records]: the "label" field of every record of a source.
+
+  Reads `_LABEL_READ_BATCH` records per `source.__getitems__(list)` call when
+  the source has that method (array_record serves a batch with its own
+  readers), else one `source[i]` at a time. Each record is read once.
+
+  Raises:
+    ValueError: the source's length is not num_records, or a label is
+      outside [0, num_classes).
+  """
+  if len(source) != num_records:
+    raise ValueError(f"the training source of {name!r} has {len(source)} "
+                     f"records, the dataset says {num_records}")
+  get_many = getattr(source, "__getitems__", None)
+  labels = np.empty(num_records, np.int32)
+  for start in range(0, num_records, _LABEL_READ_BATCH):
+    idx = list(range(start, min(start + _LABEL_READ_BATCH, num_records)))
+    records = (get_many(idx) if get_many is not None
+               else [source[i] for i in idx])
+    labels[start:start + len(idx)] = [int(r["label"]) for r in records]
+  if num_records and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"the training labels of {name!r} must be in [0, "
+                     f"{num_classes}), got [{labels.min()}, {labels.max()}]")
+  return labels
 
 
 # ---------------------------------------------------------------------------
@@ -247,6 +314,12 @@ def label_noise_offsets(num_samples: int, rate: float, num_classes: int,
   return offsets
 
 
+def shift_labels(labels: Any, offsets: Any, num_classes: int) -> np.ndarray:
+  """int32 (labels + offsets) % K: how label noise is applied, everywhere."""
+  return ((np.asarray(labels, np.int64) + np.asarray(offsets, np.int64))
+          % num_classes).astype(np.int32)
+
+
 def apply_label_noise(labels: np.ndarray, rate: float, num_classes: int,
                       seed: int) -> np.ndarray:
   """Symmetric label noise: flips round(rate*N) labels to a different class.
@@ -264,7 +337,7 @@ def apply_label_noise(labels: np.ndarray, rate: float, num_classes: int,
   """
   labels = np.asarray(labels).astype(np.int32)
   offsets = label_noise_offsets(len(labels), rate, num_classes, seed)
-  return ((labels + offsets) % num_classes).astype(np.int32)
+  return shift_labels(labels, offsets, num_classes)
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +568,7 @@ def with_label_noise(ds: Dataset, rate: float, seed: int) -> Dataset:
   if ds.in_memory:
     clean = ds.y_train_clean if ds.y_train_clean is not None else ds.y_train
     kwargs["y_train_clean"] = clean
-    kwargs["y_train"] = ((clean + offsets) % ds.num_classes).astype(np.int32)
+    kwargs["y_train"] = shift_labels(clean, offsets, ds.num_classes)
   return dataclasses.replace(ds, **kwargs)
 
 

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from acs_jax.data import augment as aug
 from acs_jax.data.datasets import Dataset
+from acs_jax.data.datasets import shift_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 _CPU = "/device:CPU:0"
@@ -123,8 +124,9 @@ def _record_reader(dataset: Dataset, split: str):
                         f"{type(r['image']).__name__}")
       images[i] = bytes(r["image"])
     labels = np.asarray([int(r["label"]) for r in records], np.int64)
-    if offsets is not None:
-      labels = (labels + offsets[idx]) % num_classes
+    if offsets is not None:  # as Dataset.train_labels() applies it
+      labels = shift_labels(labels, offsets[idx], num_classes).astype(
+          np.int64)
     return images, labels
 
   return read
