@@ -31,6 +31,18 @@ class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
 
 
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file at `path` (configs that build on one
+  another load their base this way: configs/ is not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"acs_jax_config_{name}",
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def optim_config(**overrides) -> ml_collections.ConfigDict:
   """Optimiser + LR schedule fields shared by the teacher and QAT stages."""
   c = ml_collections.ConfigDict()
