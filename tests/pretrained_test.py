@@ -195,3 +195,25 @@ def test_shared_resnet20_scores_81_percent_through_main(tmp_path):
     summary = json.load(f)
   # 81.03 % measured by an independent NumPy forward pass (shared README).
   assert abs(summary["teacher_test_top1"] - 0.8103) <= 0.001
+
+
+def test_teacher_of_another_class_count_refused(tmp_path, teacher_dir):
+  c = _config(**{"teacher.checkpoint": teacher_dir, "data.num_classes": 5})
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"num_classes=4 there, 5 here"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_convert_command_bad_file_exits_2_with_one_line(tmp_path):
+  junk = tmp_path / "junk.pth"
+  junk.write_bytes(b"not a checkpoint at all")
+  r = subprocess.run([sys.executable, "-m", "acs_jax.pretrained.convert",
+                      f"--checkpoint={junk}", f"--out={tmp_path / 't'}"],
+                     cwd=REPO, capture_output=True, text=True, check=False,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 2
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and str(junk) in errors[0], r.stderr[-1000:]
+  assert "Traceback" not in r.stderr
+  assert sorted(os.listdir(tmp_path)) == ["junk.pth"]
