@@ -26,6 +26,58 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.",
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _flag_error(argv, error: Exception) -> str:
+  """One sentence for a bad --config or --config.* flag."""
+  from acs_jax import config_lib  # pylint: disable=g-import-not-at-top
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    return (f"--config={path}: no such config file (give the path of one, "
+            "e.g. configs/quickstart.py)")
+  if path is not None:
+    try:
+      config = config_lib.load_config(path)
+    except Exception as e:  # pylint: disable=broad-except
+      return f"--config={path} cannot be loaded: {type(e).__name__}: {e}"
+    for arg in argv[1:]:
+      if not arg.startswith("--config."):
+        continue
+      key = arg[len("--config."):].split("=", 1)[0]
+      node, seen = config, "config"
+      for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+          fields = ", ".join(sorted(node.keys())) if hasattr(
+              node, "keys") else "none (it is a value)"
+          return (f"--config.{key}: {seen} has no field {part!r}; its "
+                  f"fields: {fields}")
+        node, seen = node[part], f"{seen}.{part}"
+  return str(error)
+
+
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def parse_flags(argv):
+  """absl's parser, with every bad flag as one message and exit status 2.
+
+  (ml_collections reports a missing config file only when the config is
+  first read, so that is checked here first.)
+  """
+  path = _config_path(argv)
+  try:
+    if path is not None and not os.path.isfile(path):
+      raise FileNotFoundError(path)
+    return FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: {_flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -44,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -639,6 +639,19 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   return flat
 
 
+def check_workdir(workdir: str) -> None:
+  """Refuses (ConfigError) a workdir that cannot hold a run; writes nothing."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):  # the first folder that exists
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ConfigError(f"--workdir={workdir!r}: {path} is a file, not a "
+                      "folder; choose another --workdir")
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir={workdir!r}: {path} is not writable; "
+                      "choose another --workdir")
+
+
 def _prepare_workdir(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -652,6 +665,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs the teacher and the QAT stage; returns the summary dict."""
   config_lib.validate(config)
+  check_workdir(workdir)
   env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
   env.configure_jax()
   env.quiet_library_logs()
