@@ -34,6 +34,7 @@ from acs_jax import models
 from acs_jax import quant
 from acs_jax import sharding
 from acs_jax import steps
+from acs_jax import workdir as workdir_lib
 from acs_jax.coreset import baselines
 from acs_jax.coreset import scores as scores_lib
 from acs_jax.coreset import selector as selector_lib
@@ -554,19 +555,38 @@ class CoresetSchedule:
       self.tracker.update(sharding.to_host(idx), sharding.to_host(correct))
 
 
+def _student_data_size(config, labels: np.ndarray) -> int:
+  """Samples per QAT epoch: the coreset size, or all for selector "full"."""
+  sel = baselines.get_selector(config.coreset.selector)
+  if sel.mode == "full":
+    return len(labels)
+  return coreset_size(labels, config.coreset.fraction, config.coreset.balance)
+
+
+def check_batch_sizes(config, dataset, teacher_trains: bool) -> None:
+  """Refuses, before any work, a batch larger than the data it draws from."""
+  n = dataset.num_examples("train")
+  if teacher_trains and config.teacher.batch_size > n:
+    raise ConfigError(
+        f"config.teacher.batch_size={config.teacher.batch_size} is larger "
+        f"than the {n} training samples; lower it")
+  if config.train.epochs:
+    size = _student_data_size(config, dataset.train_labels())
+    if config.train.batch_size > size:
+      raise ConfigError(
+          f"config.train.batch_size={config.train.batch_size} is larger than "
+          f"the coreset ({size} samples = fraction "
+          f"{config.coreset.fraction} of {n}); lower the batch size or raise "
+          "config.coreset.fraction")
+
+
 def student_stage(config, dataset, teacher_model, teacher_variables,
                   student_model, mesh, workdir, writer, ckpt=None):
   c = config.train
   labels = dataset.train_labels()
   sel = baselines.get_selector(config.coreset.selector)
   full_size = len(labels)
-  size = (full_size if sel.mode == "full" else
-          coreset_size(labels, config.coreset.fraction, config.coreset.balance))
-  if c.batch_size > size:
-    raise ConfigError(
-        f"config.train.batch_size={c.batch_size} is larger than the coreset "
-        f"({size} samples = fraction {config.coreset.fraction} of "
-        f"{full_size}); lower the batch size or raise config.coreset.fraction")
+  size = _student_data_size(config, labels)
   # The LR schedule spans warm-up epochs on the full data and coreset epochs.
   warm = config.coreset.warmup_epochs if sel.mode != "full" else 0
   spe_core = input_pipeline.steps_per_epoch(size, c.batch_size)
@@ -624,8 +644,14 @@ _RESUMABLE_FIELDS = ("checkpoint.", "log_every_steps", "train.eval_batch_size",
                      "data.manual_dir", "data.path")
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """Flat {"a.b": value} of every field that a resumed run must share."""
+# What the teacher stage depends on: a student-only change (QAT, coreset,
+# quantization) never invalidates a finished or half-trained teacher.
+_TEACHER_FIELDS = ("seed", "data.", "model.", "teacher.")
+
+
+def config_fingerprint(config: ml_collections.ConfigDict,
+                       stage: str = "train") -> dict:
+  """Flat {"a.b": value} of every field that a resumed `stage` must share."""
   flat = {}
 
   def walk(d, prefix):
@@ -633,39 +659,18 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
       key = f"{prefix}{k}"
       if isinstance(v, ml_collections.ConfigDict):
         walk(v, key + ".")
-      elif not key.startswith(_RESUMABLE_FIELDS):
+      elif not key.startswith(_RESUMABLE_FIELDS) and (
+          stage != "teacher" or key.startswith(_TEACHER_FIELDS)):
         flat[key] = list(v) if isinstance(v, tuple) else v
   walk(config, "")
   return flat
-
-
-def check_workdir(workdir: str) -> None:
-  """Refuses (ConfigError) a workdir that cannot hold a run; writes nothing."""
-  path = os.path.abspath(workdir)
-  while not os.path.exists(path):  # the first folder that exists
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise ConfigError(f"--workdir={workdir!r}: {path} is a file, not a "
-                      "folder; choose another --workdir")
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ConfigError(f"--workdir={workdir!r}: {path} is not writable; "
-                      "choose another --workdir")
-
-
-def _prepare_workdir(config, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  # A resumed run keeps the first run's config.json.
-  if sharding.is_primary() and not os.path.exists(path):
-    with open(path, "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs the teacher and the QAT stage; returns the summary dict."""
   config_lib.validate(config)
-  check_workdir(workdir)
+  workdir_lib.check(workdir)
   env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
   env.configure_jax()
   env.quiet_library_logs()
@@ -694,17 +699,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                 _teacher_meta(config, dataset))
   dataset = resolve_normalization(dataset, config.data.normalization,
                                   teacher_meta, source)
+  check_batch_sizes(config, dataset, teacher_trains=not source or (
+      source == config.teacher.checkpoint and config.teacher.finetune_epochs))
   make = functools.partial(models.model_from_config, config,
                            dataset.num_classes, dataset.image_shape[0])
   teacher_model, student_model = make(qc.as_float()), make(qc)
-  fingerprint = config_fingerprint(config)
   ckpts = {stage: ckpt_lib.RunCheckpointer(
       os.path.join(workdir, "checkpoints", stage), keep=config.checkpoint.keep,
-      fingerprint=fingerprint) for stage in ("teacher", "train")}
+      fingerprint=config_fingerprint(config, stage))
+           for stage in ("teacher", "train")}
   for c in ckpts.values():  # refuse before writing anything
     c.check_compatible()
-  _prepare_workdir(config, workdir)
-  logging.info("Devices: %d (%s), processes: %d", n_dev,
+  with workdir_lib.Lock(workdir, held=sharding.is_primary()):
+    if sharding.is_primary():
+      workdir_lib.record_config(workdir, config)
+    summary = _run_stages(config, workdir, dataset, qc, teacher_model,
+                          student_model, mesh, ckpts, source)
+  return summary
+
+
+def _run_stages(config, workdir, dataset, qc, teacher_model, student_model,
+                mesh, ckpts, source) -> dict[str, Any]:
+  """The teacher stage, then QAT; writes metrics and the summary."""
+  logging.info("Devices: %d (%s), processes: %d", mesh.devices.size,
                jax.devices()[0].platform, jax.process_count())
   t_start = time.time()
   with MetricsWriter(workdir) as writer:

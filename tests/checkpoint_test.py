@@ -97,11 +97,14 @@ def test_finished_run_restarts_without_training(uninterrupted):
 
 
 def _snapshot(directory):
+  """Every file's bytes, less the lock and the log of starts (configs.jsonl,
+  which records every start, refused ones included)."""
   out = {}
   for root, _, files in os.walk(directory):
     for f in files:
       p = os.path.join(root, f)
-      out[os.path.relpath(p, directory)] = open(p, "rb").read()
+      if f not in (".lock", "configs.jsonl"):
+        out[os.path.relpath(p, directory)] = open(p, "rb").read()
   return out
 
 

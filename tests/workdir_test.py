@@ -1,0 +1,69 @@
+"""One workdir, one run: checks before any work, the lock, config records."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from acs_jax import config_lib, train, workdir
+from tiny_configs import tiny_config
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
+
+def _hold_lock(path):
+  """A process holding the workdir lock until killed."""
+  code = ("import sys, time; from acs_jax import workdir; "
+          f"l = workdir.Lock({str(path)!r}).__enter__(); "
+          "print('held', flush=True); time.sleep(600)")
+  p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                       stdout=subprocess.PIPE, text=True)
+  assert p.stdout.readline().strip() == "held"
+  return p
+
+
+def test_second_process_refused_and_sigkill_leaves_no_stale_lock(tmp_path):
+  work = tmp_path / "run"
+  holder = _hold_lock(work)
+  try:
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"is in use by pid {holder.pid} on .*one "
+                       r"workdir holds one run at a time"):
+      train.train_and_evaluate(tiny_config(**{"train.epochs": 0}),
+                               str(work))
+    assert sorted(os.listdir(work)) == [".lock"]  # nothing else written
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with workdir.Lock(str(work)):  # the kernel released the dead holder's lock
+    pass
+
+
+@pytest.mark.parametrize("field,value", [("train.batch_size", 100000),
+                                         ("teacher.batch_size", 100000)])
+def test_batch_larger_than_its_data_refused_before_any_work(tmp_path, field,
+                                                            value):
+  c = tiny_config(**{field: value - value % 8})
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf"config\.{field}=\d+ is larger than the"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_student_fields_do_not_invalidate_the_teacher(tmp_path):
+  work = str(tmp_path / "run")
+  base = {"teacher.epochs": 1, "checkpoint.every_epochs": 1}
+  train.train_and_evaluate(tiny_config(**base, **{"train.epochs": 0}), work)
+  changed = tiny_config(**base, **{"train.epochs": 1, "train.lr": 0.005,
+                                   "coreset.fraction": 0.75})
+  summary = train.train_and_evaluate(changed, work)  # no fingerprint refusal
+  assert 0 <= summary["student_final_test_top1"] <= 1
+  with open(os.path.join(work, "config.json")) as f:
+    assert json.load(f)["train"]["lr"] == 0.005  # the config that ran last
+  with open(os.path.join(work, "configs.jsonl")) as f:
+    lrs = [json.loads(l)["config"]["train"]["lr"] for l in f]
+  assert lrs == [0.02, 0.005]
