@@ -21,6 +21,21 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt or from an incompatible config."""
 
 
+def _cause(error: BaseException, limit: int = 300) -> str:
+  """The root cause of an orbax/TensorStore error in one short line (their
+  messages can run to a thousand lines of nested context)."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  text = lines[-1] if lines else ""
+  for line in lines:  # TensorStore puts the decoder's failure in one line
+    if "failed" in line.lower() or "error" in line.lower():
+      text = line
+      break
+  text = f"{type(error).__name__}: {text}"
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -125,7 +140,7 @@ def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:
   except Exception as e:  # orbax raises many types for damaged files.
     raise CheckpointError(f"teacher checkpoint {directory} could not be "
                           f"restored (corrupt or incompatible): "
-                          f"{type(e).__name__}: {e}") from None
+                          f"{_cause(e)}") from None
   return jax.tree.map(np.asarray, restored), meta
 
 
@@ -169,9 +184,19 @@ class RunCheckpointer:
     path = os.path.join(self.directory, "latest")
     if not os.path.isdir(path):
       return None
-    epochs = [int(d) for d in os.listdir(path) if d.isdigit()
-              and os.path.exists(os.path.join(path, d, "meta"))]
-    return max(epochs) if epochs else None
+    steps = [d for d in os.listdir(path) if d.isdigit()]
+    # orbax renames a step into place only when it is complete: a step
+    # without its meta was damaged afterwards. Never skip it silently.
+    broken = sorted((d for d in steps
+                     if not os.path.exists(os.path.join(path, d, "meta"))),
+                    key=int)
+    if broken:
+      step = os.path.join(path, broken[-1])
+      raise CheckpointError(
+          f"checkpoint {step} is incomplete (its meta is missing); move it "
+          f"away (e.g. mv {step} {step}.broken) to resume from the step "
+          "before it; nothing was changed in the workdir")
+    return max(map(int, steps)) if steps else None
 
   def check_compatible(self) -> None:
     """Refuses (CheckpointError) a checkpoint written under another config.
@@ -224,7 +249,7 @@ class RunCheckpointer:
     except Exception as e:  # orbax raises many types for damaged files.
       raise CheckpointError(
           f"checkpoint {self.directory}/latest/{epoch} could not be restored "
-          f"(corrupt or incompatible): {type(e).__name__}: {e}. Move it away "
+          f"(corrupt or incompatible): {_cause(e)}. Move it away "
           "to resume from an earlier one; nothing was changed in the "
           "workdir") from None
     selector = {k: np.asarray(v) for k, v in (restored.selector or {}).items()}

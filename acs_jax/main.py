@@ -89,7 +89,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     train.train_and_evaluate(FLAGS.config, os.path.expanduser(FLAGS.workdir))
-  except (train.ConfigError, checkpoint.CheckpointError,
+  except (train.ConfigError, checkpoint.CheckpointError, train.DivergenceError,
           FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -45,6 +45,10 @@ from acs_jax.metrics import MetricsWriter, progress
 ConfigError = config_lib.ConfigError
 
 
+class DivergenceError(RuntimeError):
+  """Training produced a non-finite loss; the run stopped without saving."""
+
+
 # ---------------------------------------------------------------------------
 # Small host-side helpers.
 
@@ -216,6 +220,18 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
                         f"than the {len(indices)} samples of epoch {epoch}")
     train_loss = float(loss_sum) / n_steps
     train_acc = float(acc_sum) / n_steps
+    if not np.isfinite(train_loss):
+      # Before anything of this epoch is evaluated, selected or saved.
+      if ckpt is not None:
+        ckpt.wait()
+      good = ckpt.latest_epoch() if ckpt is not None else None
+      raise DivergenceError(
+          f"{stage} stage diverged: the training loss became non-finite in "
+          f"epoch {epoch + 1} (by step {int(state.step)}); this epoch was "
+          "not saved. Last good checkpoint: "
+          + (f"{ckpt.directory}/latest/{good}" if good is not None else
+             "none") + f". Lower config.{stage}.lr and start again in a new "
+          "--workdir, or rerun here to resume from that checkpoint.")
     t_train = time.time() - t1
     if on_epoch_end is not None:
       on_epoch_end(epoch, correct_log)
@@ -713,8 +729,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with workdir_lib.Lock(workdir, held=sharding.is_primary()):
     if sharding.is_primary():
       workdir_lib.record_config(workdir, config)
-    summary = _run_stages(config, workdir, dataset, qc, teacher_model,
-                          student_model, mesh, ckpts, source)
+    try:
+      summary = _run_stages(config, workdir, dataset, qc, teacher_model,
+                            student_model, mesh, ckpts, source)
+    finally:  # pending asynchronous saves finish even when a stage fails
+      for c in ckpts.values():
+        c.close()
   return summary
 
 
@@ -751,7 +771,12 @@ def _run_stages(config, workdir, dataset, qc, teacher_model, student_model,
           "student_best_epoch": best.get("epoch"),
           "seconds_student": time.time() - t0})
     summary["seconds_total"] = time.time() - t_start
+    final = summary.get("student_final_test_top1")
+    if final is not None and final <= 1.5 / dataset.num_classes:
+      summary["warning"] = (
+          f"the student ends at chance level (test top-1 {final:.4f}, "
+          f"{dataset.num_classes} classes): check config.train.lr and the "
+          "training loss in metrics.jsonl")
+      logging.warning("%s", summary["warning"])
     writer.write_summary(summary)
-  for c in ckpts.values():
-    c.close()
   return summary

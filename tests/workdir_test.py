@@ -67,3 +67,49 @@ def test_student_fields_do_not_invalidate_the_teacher(tmp_path):
   with open(os.path.join(work, "configs.jsonl")) as f:
     lrs = [json.loads(l)["config"]["train"]["lr"] for l in f]
   assert lrs == [0.02, 0.005]
+
+
+def test_divergence_stops_the_run_without_saving(tmp_path):
+  work = str(tmp_path / "run")
+  c = tiny_config(**{"teacher.epochs": 2, "teacher.lr": 1e30,
+                     "checkpoint.every_epochs": 1})
+  with pytest.raises(train.DivergenceError,
+                     match=r"teacher stage diverged: the training loss "
+                     r"became non-finite in epoch 1 .*Last good checkpoint: "
+                     r"none\. Lower config\.teacher\.lr"):
+    train.train_and_evaluate(c, work)
+  assert not os.path.exists(os.path.join(work, "checkpoints", "teacher",
+                                         "latest", "1"))
+  assert not os.path.exists(os.path.join(work, "teacher"))
+  assert not os.path.exists(os.path.join(work, "summary.json"))
+
+
+def test_step_without_meta_is_refused_not_skipped(tmp_path):
+  work = str(tmp_path / "run")
+  c = tiny_config(**{"teacher.epochs": 2, "train.epochs": 0,
+                     "checkpoint.every_epochs": 1})
+  train.train_and_evaluate(c, work)
+  latest = os.path.join(work, "checkpoints", "teacher", "latest")
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(work, "teacher"))  # as if killed before saving
+  shutil.rmtree(os.path.join(latest, "2", "meta"))
+  from acs_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"latest/2 is incomplete \(its meta is missing\); "
+                     r"move it away"):
+    train.train_and_evaluate(c, work)
+
+
+def test_npz_with_label_gaps_is_refused(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 10, 40)
+  y[0] = 99
+  path = str(tmp_path / "gaps.npz")
+  np.savez(path, x_train=rng.integers(0, 255, (40, 8, 8, 3), np.uint8),
+           y_train=y, x_test=rng.integers(0, 255, (8, 8, 8, 3), np.uint8),
+           y_test=y[:8])
+  with pytest.raises(ValueError, match=r"imply 100 classes \(0\.\.99\), but "
+                     r"89 of them have no training sample"):
+    datasets.load_dataset({"source": "npz", "path": path})

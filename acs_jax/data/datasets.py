@@ -788,6 +788,18 @@ def _load_npz(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
   if all_labels.min() < 0 or all_labels.max() >= num_classes:
     raise ValueError(f"{prefix}.path: labels must be in [0, {num_classes}), "
                      f"got [{all_labels.min()}, {all_labels.max()}]")
+  empty = np.flatnonzero(np.bincount(arrays["y_train"],
+                                     minlength=num_classes) == 0)
+  if len(empty) and class_names is None:
+    shown = ", ".join(map(str, empty[:8])) + (" ..." if len(empty) > 8 else "")
+    raise ValueError(
+        f"{prefix}.path={path!r}: without class_names the labels imply "
+        f"{num_classes} classes (0..{num_classes - 1}), but {len(empty)} of "
+        f"them have no training sample ({shown}); relabel to consecutive "
+        "classes, or add class_names to the .npz to declare the classes")
+  if len(empty):
+    logging.warning("%s.path: classes %s of class_names have no training "
+                    "sample", prefix, empty.tolist())
   name = os.path.splitext(os.path.basename(path))[0]
   augment, padding, pad_mode = _user_augment(arrays["x_train"].shape[1:])
   return _in_memory(name, arrays["x_train"], arrays["y_train"],
