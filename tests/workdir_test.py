@@ -113,3 +113,14 @@ def test_npz_with_label_gaps_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"imply 100 classes \(0\.\.99\), but "
                      r"89 of them have no training sample"):
     datasets.load_dataset({"source": "npz", "path": path})
+
+
+def test_student_at_chance_is_reported(tmp_path):
+  # An untrained teacher and a learning rate too small to move the student.
+  c = tiny_config(**{"teacher.epochs": 0, "train.epochs": 1,
+                     "train.lr": 1e-9})
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["student_final_test_top1"] <= 1.5 / 4
+  assert "the student ends at chance level" in summary["warning"]
+  with open(tmp_path / "run" / "summary.json") as f:
+    assert "warning" in json.load(f)
