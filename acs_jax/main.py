@@ -91,6 +91,8 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, os.path.expanduser(FLAGS.workdir))
   except (train.ConfigError, checkpoint.CheckpointError, train.DivergenceError,
           FileNotFoundError) as e:
+    logging.debug("The error's traceback (shown with --verbosity=1):",
+                  exc_info=True)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

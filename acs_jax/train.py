@@ -213,8 +213,13 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
         correct_log.append((gbatch["index"], m["correct"]))
       n_steps += 1
       if log_every_steps and n_steps % log_every_steps == 0:
+        # This log line syncs with the device anyway: check the loss here
+        # too, so a diverged run stops within log_every_steps steps.
+        step_loss = float(m["loss"])
         logging.info("%s epoch %d step %d loss %.4f", stage, epoch, n_steps,
-                     float(m["loss"]))
+                     step_loss)
+        if not np.isfinite(step_loss):
+          _diverged(stage, epoch, state, ckpt)
     if n_steps == 0:
       raise ConfigError(f"config.{stage}.batch_size={batch_size} is larger "
                         f"than the {len(indices)} samples of epoch {epoch}")
@@ -222,16 +227,7 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
     train_acc = float(acc_sum) / n_steps
     if not np.isfinite(train_loss):
       # Before anything of this epoch is evaluated, selected or saved.
-      if ckpt is not None:
-        ckpt.wait()
-      good = ckpt.latest_epoch() if ckpt is not None else None
-      raise DivergenceError(
-          f"{stage} stage diverged: the training loss became non-finite in "
-          f"epoch {epoch + 1} (by step {int(state.step)}); this epoch was "
-          "not saved. Last good checkpoint: "
-          + (f"{ckpt.directory}/latest/{good}" if good is not None else
-             "none") + f". Lower config.{stage}.lr and start again in a new "
-          "--workdir, or rerun here to resume from that checkpoint.")
+      _diverged(stage, epoch, state, ckpt)
     t_train = time.time() - t1
     if on_epoch_end is not None:
       on_epoch_end(epoch, correct_log)
@@ -265,6 +261,22 @@ def run_epochs(*, stage: str, runner: Runner, state: steps.TrainState,
   if ckpt is not None:
     ckpt.wait()
   return state, last_eval, best
+
+
+def _diverged(stage: str, epoch: int, state, ckpt) -> None:
+  """Raises DivergenceError naming the stage, epoch, step and the last good
+  checkpoint (the diverged state is never saved)."""
+  good = None
+  if ckpt is not None:
+    ckpt.wait()
+    good = ckpt.latest_epoch()
+  raise DivergenceError(
+      f"{stage} stage diverged: the training loss became non-finite in "
+      f"epoch {epoch + 1} (by step {int(state.step)}); this epoch was not "
+      "saved. Last good checkpoint: "
+      + (f"{ckpt.directory}/latest/{good}" if good is not None else "none")
+      + f". Lower config.{stage}.lr and start again in a new --workdir, or "
+      "rerun here to resume from that checkpoint.")
 
 
 def _state_arrays(state: steps.TrainState) -> dict:

@@ -124,3 +124,11 @@ def test_student_at_chance_is_reported(tmp_path):
   assert "the student ends at chance level" in summary["warning"]
   with open(tmp_path / "run" / "summary.json") as f:
     assert "warning" in json.load(f)
+
+
+def test_divergence_is_caught_within_log_every_steps(tmp_path):
+  c = tiny_config(**{"teacher.epochs": 1, "teacher.lr": 1e30,
+                     "teacher.batch_size": 8})
+  c.log_every_steps = 2
+  with pytest.raises(train.DivergenceError, match=r"epoch 1 \(by step 2\)"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
