@@ -260,34 +260,28 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
 def check_coreset_sizes(runs: Sequence[Run]) -> None:
   """Refuses a grid whose smallest coreset is below one training batch.
 
-  train_and_evaluate finds this too, but only after the teacher stage; here
-  it costs one data load per label-noise rate, before anything is trained.
+  train_and_evaluate makes the same check (train.check_batch_sizes), but
+  only when that run starts; here it costs one data load per label-noise
+  rate, before any run of the grid.
   """
   from acs_jax import train  # pylint: disable=g-import-not-at-top
-  from acs_jax.coreset import baselines  # pylint: disable=g-import-not-at-top
   from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  labels_of = {}
+  dataset_of = {}
   for run in runs:
-    if baselines.get_selector(run.selector).mode == "full":
-      continue
     key = json.dumps(train.data_config(run.config.data), sort_keys=True,
                      default=str)
-    if key not in labels_of:
+    if key not in dataset_of:
       try:
-        ds = datasets.load_dataset(train.data_config(run.config.data))
+        dataset_of[key] = datasets.load_dataset(
+            train.data_config(run.config.data))
       except ValueError as e:  # The data module names the field already.
         raise ConfigError(str(e)) from None
-      labels_of[key] = ds.train_labels()
-    labels = labels_of[key]
-    size = train.coreset_size(labels, run.fraction,
-                              run.config.coreset.balance)
-    batch = run.config.train.batch_size
-    if batch > size:
-      raise ConfigError(
-          f"sweep run {run.name}: config.train.batch_size={batch} is larger "
-          f"than its coreset ({size} samples = fraction {run.fraction} of "
-          f"{len(labels)}); lower the batch size or drop that fraction from "
-          "config.sweep.fractions")
+    try:
+      train.check_batch_sizes(run.config, dataset_of[key],
+                              teacher_trains=False)
+    except ConfigError as e:
+      raise ConfigError(f"sweep run {run.name}: {e} (or drop that fraction "
+                        "from config.sweep.fractions)") from None
 
 
 # ---------------------------------------------------------------------------
