@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable
@@ -131,14 +130,6 @@ def evaluate(runner: Runner, variables, dataset, batch_size: int,
   n = max(totals["count"], 1.0)
   return {"top1": totals["top1"] / n, "top5": totals["top5"] / n,
           "loss": totals["loss"] / n, "count": int(totals["count"])}
-
-
-def init_variables(model, image_shape, seed: int, sample: np.ndarray | None
-                   = None):
-  """Initialises `model` (activation steps from `sample` if given)."""
-  x = (jnp.zeros((2, *image_shape), jnp.float32) if sample is None
-       else jnp.asarray(sample))
-  return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(x)
 
 
 def _first_train_batch(dataset, batch_size: int, seed: int) -> np.ndarray:
@@ -376,7 +367,7 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
     checkpoint was fine-tuned.
   """
   meta = _teacher_meta(config, dataset)
-  like = jax.eval_shape(lambda: init_variables(teacher_model,
+  like = jax.eval_shape(lambda: models.init_variables(teacher_model,
                                                dataset.image_shape,
                                                config.seed))
   teacher_dir = os.path.join(workdir, "teacher")
@@ -406,7 +397,7 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
   runner = Runner(teacher_model, mesh, loss="ce", kd_alpha=0.0,
                   lr_schedule=schedule)
   if variables is None:
-    variables = init_variables(teacher_model, dataset.image_shape,
+    variables = models.init_variables(teacher_model, dataset.image_shape,
                                config.seed)
   state = steps.TrainState.create(apply_fn=teacher_model.apply,
                                   params=variables["params"], tx=tx,
@@ -626,15 +617,8 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
 
   # Student = teacher weights + LSQ steps calibrated on a training batch.
   sample = _first_train_batch(dataset, min(c.batch_size, 256), config.seed)
-  student_vars = init_variables(student_model, dataset.image_shape,
-                                config.seed, sample)
-  host_teacher = sharding.to_host(teacher_variables)
-  params = models.transfer_params(host_teacher["params"],
-                                  sharding.to_host(student_vars["params"]))
-  student_vars = quant.calibrate(
-      student_model, {"params": params,
-                      "batch_stats": host_teacher["batch_stats"]},
-      jnp.asarray(sample))
+  student_vars = models.student_from_teacher(
+      student_model, sharding.to_host(teacher_variables), sample, config.seed)
   state = steps.TrainState.create(apply_fn=student_model.apply,
                                   params=student_vars["params"], tx=tx,
                                   batch_stats=student_vars["batch_stats"])

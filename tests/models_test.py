@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from acs_jax import models
-from acs_jax.quant import QuantConfig, calibrate
+from acs_jax.quant import QuantConfig
 
 FP = QuantConfig()
 W2 = QuantConfig(weight_bits=2)
@@ -91,10 +91,7 @@ def test_student_from_teacher_and_calibration():
   teacher = models.build_model("resnet_tiny", num_classes=3, quant=FP)
   student = models.build_model("resnet_tiny", num_classes=3, quant=W2)
   tv = teacher.init(jax.random.key(1), x, train=False)
-  sv = student.init(jax.random.key(2), x, train=False)
-  params = models.transfer_params(tv["params"], sv["params"])
-  sv = calibrate(student, {"params": params,
-                           "batch_stats": tv["batch_stats"]}, x)
+  sv = models.student_from_teacher(student, tv, np.asarray(x), seed=2)
   flat_t = flax.traverse_util.flatten_dict(tv["params"])
   flat_s = flax.traverse_util.flatten_dict(sv["params"])
   steps = {k: v for k, v in flat_s.items() if k[-1] == "w_step"}

@@ -72,7 +72,7 @@ def _pretrained_teacher(directory, config):
   ds = datasets.load_dataset(train.data_config(config.data))
   model = models.model_from_config(config, ds.num_classes, ds.image_shape[0],
                                    quant.QuantConfig())
-  variables = train.init_variables(model, ds.image_shape, seed=7)
+  variables = models.init_variables(model, ds.image_shape, seed=7)
   meta = {**train._teacher_meta(config, ds), "mean": list(IMAGENET[0]),
           "std": list(IMAGENET[1]), "normalization": "imagenet",
           "layout": "cifar_resnet"}

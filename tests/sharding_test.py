@@ -52,13 +52,8 @@ def setup():
                                image_size=8, quant=quant.QuantConfig())
   rng = np.random.default_rng(0)
   images = rng.normal(size=(3 * BATCH, 8, 8, 3)).astype(np.float32)
-  t_vars = train.init_variables(teacher, (8, 8, 3), seed=1)
-  s_vars = train.init_variables(student, (8, 8, 3), seed=0, sample=images[:8])
-  params = models.transfer_params(jax.tree.map(np.asarray, t_vars["params"]),
-                                  jax.tree.map(np.asarray, s_vars["params"]))
-  s_vars = quant.calibrate(student, {"params": params,
-                                     "batch_stats": t_vars["batch_stats"]},
-                           jnp.asarray(images[:8]))
+  t_vars = models.init_variables(teacher, (8, 8, 3), seed=1)
+  s_vars = models.student_from_teacher(student, t_vars, images[:8], seed=0)
   c = config_lib.optim_config(epochs=2, lr=0.05, momentum=0.9, nesterov=True,
                               weight_decay=5e-4, schedule="cosine")
   tx, schedule = steps.make_optimizer(c, 4)

@@ -4,11 +4,9 @@ import os
 import subprocess
 import sys
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from acs_jax import config_lib, steps, train
@@ -164,7 +162,7 @@ def test_changing_coreset_size_does_not_recompile(tmp_path):
                              quant=quant.QuantConfig(weight_bits=2))
   mesh = sharding.make_mesh()
   tx, sched = steps.make_optimizer(c.train, 4)
-  v = train.init_variables(model, ds.image_shape, 0)
+  v = models.init_variables(model, ds.image_shape, 0)
   state = sharding.replicate(steps.TrainState.create(
       apply_fn=model.apply, params=v["params"], tx=tx,
       batch_stats=v["batch_stats"]), mesh)

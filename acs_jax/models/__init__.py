@@ -13,6 +13,7 @@ from acs_jax.models.resnet import (BLOCKS, CIFAR_RESNET_DEPTHS, SHORTCUTS,
                                    STEMS, ResNet, ResNet18, ResNet20, ResNet34,
                                    ResNetTiny, cifar_resnet)
 from acs_jax.quant import QuantConfig
+from acs_jax.quant import calibrate
 
 MODELS = ("resnet18", "resnet34", *CIFAR_RESNET_DEPTHS, "mobilenetv2",
           "resnet_tiny")
@@ -104,6 +105,34 @@ def transfer_params(src: dict, dst: dict) -> dict:
   return flax.traverse_util.unflatten_dict(dst_flat)
 
 
+def init_variables(model, image_shape, seed: int,
+                   sample: np.ndarray | None = None) -> dict:
+  """`model`'s initial variables (activation steps from `sample` if given)."""
+  x = (jnp.zeros((2, *image_shape), jnp.float32) if sample is None
+       else jnp.asarray(sample))
+  return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(x)
+
+
+def student_from_teacher(student_model, teacher_variables: dict,
+                         sample: np.ndarray, seed: int) -> dict:
+  """The student's starting variables: the teacher's, plus LSQ step sizes.
+
+  Every kernel and BatchNorm statistic is the teacher's; every step size is
+  then calibrated on `sample` (an unaugmented training batch): weights
+  2*mean|w|/sqrt(Qp) of the teacher's kernels, activations 2*mean|x|/sqrt(Qp)
+  of what each quantizer sees. `teacher_variables` are host (numpy) arrays:
+  in a multi-process run, fetch them with `sharding.to_host` first.
+  """
+  teacher = jax.tree.map(np.asarray, teacher_variables)
+  student = init_variables(student_model, np.shape(sample)[1:], seed, sample)
+  params = transfer_params(teacher["params"],
+                           jax.tree.map(np.asarray, student["params"]))
+  return calibrate(student_model, {"params": params,
+                                   "batch_stats": teacher["batch_stats"]},
+                   jnp.asarray(sample))
+
+
 __all__ = ["MODELS", "MobileNetV2", "ResNet", "ResNet18", "ResNet20",
            "ResNet34", "ResNetTiny", "build_model", "count_params",
-           "model_from_config", "transfer_params"]
+           "init_variables", "model_from_config", "student_from_teacher",
+           "transfer_params"]
