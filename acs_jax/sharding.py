@@ -77,19 +77,14 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
-  """The rows of each global batch this process loads.
-
-  Raises ValueError when the global batch cannot be split evenly over the
-  devices (every device must hold the same number of rows).
-  """
-  n_dev = jax.device_count() if mesh is None else mesh.devices.size
-  if global_batch % n_dev:
+def check_batch(batch: int, num_devices: int, name: str = "batch size"
+                ) -> None:
+  """ValueError unless `batch` splits evenly over `num_devices` devices."""
+  if batch % num_devices:
     raise ValueError(
-        f"batch size {global_batch} must be a multiple of the number of "
-        f"devices ({n_dev}); valid values: {n_dev}, {2 * n_dev}, "
-        f"{4 * n_dev}, ...")
-  return global_batch // jax.process_count()
+        f"{name}={batch} must be a multiple of the number of devices "
+        f"({num_devices}); valid values: {num_devices}, {2 * num_devices}, "
+        f"{4 * num_devices}, ...")
 
 
 def host_to_global(tree: Any, mesh: Mesh) -> Any:

@@ -192,11 +192,3 @@ def eval_step(variables: Any, batch: dict, *, apply_fn: Callable) -> dict:
   top5 = jnp.any(topk == batch["label"][:, None], axis=-1).astype(jnp.float32)
   return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask),
           "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
-
-
-def num_steps(num_samples: int, batch_size: int) -> int:
-  return num_samples // batch_size
-
-
-def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-  return int(math.ceil(epochs * steps_per_epoch))

@@ -35,8 +35,8 @@ from acs_jax import sharding
 from acs_jax import steps
 from acs_jax import workdir as workdir_lib
 from acs_jax.coreset import baselines
+from acs_jax.coreset import schedule as schedule_lib
 from acs_jax.coreset import scores as scores_lib
-from acs_jax.coreset import selector as selector_lib
 from acs_jax.data import datasets
 from acs_jax.data import input_pipeline
 from acs_jax.metrics import MetricsWriter, progress
@@ -57,10 +57,10 @@ def _eval_batch_size(config) -> int:
 
 
 def _check_batch(batch: int, field: str, n_dev: int) -> None:
-  if batch % n_dev:
-    raise ConfigError(
-        f"config.{field}={batch} must be a multiple of the number of devices "
-        f"({n_dev}); valid values: {n_dev}, {2 * n_dev}, {4 * n_dev}, ...")
+  try:
+    sharding.check_batch(batch, n_dev, f"config.{field}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -71,22 +71,6 @@ def data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
       v = None
     out[k] = v
   return out
-
-
-def coreset_size(labels: np.ndarray, fraction: float, balance: bool) -> int:
-  """How many samples a selection at `fraction` keeps (per-class rounding)."""
-  if fraction >= 1.0:
-    return len(labels)
-  if balance:
-    counts = np.bincount(labels)
-    return int(np.sum(selector_lib.class_budgets(counts[counts > 0],
-                                                 fraction)))
-  return max(1, int(np.round(fraction * len(labels))))
-
-
-def _class_counts(indices: np.ndarray, labels: np.ndarray,
-                  num_classes: int) -> list[int]:
-  return np.bincount(labels[indices], minlength=num_classes).tolist()
 
 
 # ---------------------------------------------------------------------------
@@ -430,158 +414,6 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
 # Stage 2: QAT on the coreset.
 
 
-class CoresetSchedule:
-  """Decides, per epoch, which samples the student trains on."""
-
-  def __init__(self, config, dataset, runner: Runner, teacher_model,
-               teacher_variables, mesh, workdir, writer):
-    c = config.coreset
-    self.c = c
-    self.config = config
-    self.dataset = dataset
-    self.labels = np.asarray(dataset.train_labels(), np.int64)
-    self.num_classes = dataset.num_classes
-    self.n = len(self.labels)
-    self.runner = runner
-    self.mesh = mesh
-    self.teacher_model = teacher_model
-    self.teacher_variables = teacher_variables
-    self.selector = baselines.get_selector(c.selector)
-    if c.adaptive == "auto":
-      self.adaptive = self.selector.mode == "adaptive"
-    else:
-      self.adaptive = c.adaptive == "yes"
-    self.sel_dir = os.path.join(workdir, "selections")
-    self.writer = writer
-    self.total_epochs = config.train.epochs
-    self.indices = np.arange(self.n, dtype=np.int64)
-    self.teacher_probs = None
-    self.tracker = (baselines.ForgettingTracker(self.n)
-                    if "forgetting_counts" in self.selector.needs else None)
-    self.beta = None
-    self.last_selection_epoch = -1
-    self.last_scores: dict[str, np.ndarray] = {}  # the last pass's [N] scores
-    self.score_batch = c.score_batch_size or _eval_batch_size(config)
-
-  def is_selection_epoch(self, epoch: int) -> bool:
-    if self.selector.mode == "full":
-      return False
-    warm = self.c.warmup_epochs
-    if epoch == warm:
-      return True
-    return (self.adaptive and epoch > warm
-            and (epoch - warm) % self.c.data_update_epochs == 0)
-
-  def _score(self, state) -> dict[str, np.ndarray]:
-    needs = [k for k in self.selector.needs
-             if k in ("evs", "ds", "logits", "embedding")]
-    if not needs:
-      return {}
-    if "ds" in needs and self.teacher_probs is None:
-      t0 = time.time()
-      apply = lambda v, x: self.teacher_model.apply(v, x, train=False)  # noqa
-      self.teacher_probs = scores_lib.compute_teacher_probs(
-          apply, self.teacher_variables, self._score_batches("teacher"),
-          self.n, self.mesh)
-      logging.info("Teacher softmax over %d training samples cached "
-                   "(%s, %.1fs)", self.n, self.teacher_probs.dtype,
-                   time.time() - t0)
-    probs = self.teacher_probs
-    if probs is None:  # DS unused: a zero-cost stand-in (zero strides).
-      probs = np.broadcast_to(np.zeros((1, self.num_classes), np.float32),
-                              (self.n, self.num_classes))
-    return scores_lib.score_dataset(
-        self.runner.score_fn,
-        {"params": state.params, "batch_stats": state.batch_stats},
-        self._score_batches(), self.n, self.mesh, teacher_probs=probs,
-        keep=tuple(needs))
-
-  def _score_batches(self, desc: str = "scoring"):
-    it = input_pipeline.make_eval_iterator(
-        self.dataset, "train", batch_size=self.score_batch,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    return progress(it, total=len(it), desc=desc, unit="batch", leave=False)
-
-  def __call__(self, epoch: int, state) -> tuple[np.ndarray, dict]:
-    extra = {}
-    if self.is_selection_epoch(epoch):
-      t0 = time.time()
-      inputs = self._score(state)
-      if self.tracker is not None:
-        inputs["forgetting_counts"] = self.tracker.counts()
-      t_score = time.time() - t0
-      record = {"epoch": epoch, "selector": self.c.selector}
-      if self.c.selector == "acs":
-        idx, rec = selector_lib.acs_select(
-            inputs["evs"], inputs["ds"], self.labels, epoch=epoch,
-            total_epochs=self.total_epochs, fraction=self.c.fraction,
-            schedule=self.c.schedule, balance=self.c.balance,
-            constant=self.c.constant_beta)
-        if sharding.is_primary():
-          rec.save(self.sel_dir)
-        self.beta = rec.beta
-        record.update(rec.to_json_dict())
-      else:
-        idx = self.selector(
-            inputs, labels=self.labels, fraction=self.c.fraction,
-            balance=self.c.balance, seed=self.config.seed + epoch,
-            **({"val_fraction": self.c.glister_val_fraction}
-               if self.c.selector == "glister" else {}))
-        record.update({"num_selected": int(len(idx)),
-                       "class_counts": _class_counts(idx, self.labels,
-                                                     self.num_classes)})
-        if sharding.is_primary():
-          os.makedirs(self.sel_dir, exist_ok=True)
-          np.save(os.path.join(self.sel_dir, f"selection_epoch{epoch:04d}.npy"),
-                  idx)
-      self.indices = np.asarray(idx, np.int64)
-      self.last_selection_epoch = epoch
-      self.last_scores = {k: np.asarray(v, np.float32)
-                          for k, v in inputs.items() if k in ("evs", "ds")}
-      record["seconds_score"] = t_score
-      record["seconds_select"] = time.time() - t0 - t_score
-      self.writer.write_selection(record)
-      extra["selected"] = True
-    extra["beta"] = self.beta
-    extra["coreset_size"] = int(len(self.indices))
-    return self.indices, extra
-
-  def state_dict(self) -> tuple[dict, dict]:
-    """(numpy arrays, JSON scalars) that a checkpoint keeps."""
-    arrays = {"indices": self.indices,
-              **{f"last_{k}": v for k, v in self.last_scores.items()}}
-    if self.tracker is not None:
-      arrays.update({f"forgetting_{k}": v
-                     for k, v in self.tracker.state_dict().items()})
-    return arrays, {"beta": self.beta,
-                    "last_selection_epoch": self.last_selection_epoch}
-
-  def load_state_dict(self, arrays: dict, scalars: dict) -> None:
-    self.indices = np.asarray(arrays["indices"], np.int64)
-    self.beta = scalars.get("beta")
-    self.last_selection_epoch = scalars.get("last_selection_epoch", -1)
-    self.last_scores = {k[len("last_"):]: v for k, v in arrays.items()
-                        if k.startswith("last_")}
-    if self.tracker is not None:
-      self.tracker = baselines.ForgettingTracker.from_state_dict(
-          {k[len("forgetting_"):]: v for k, v in arrays.items()
-           if k.startswith("forgetting_")})
-
-  def on_epoch_end(self, epoch, correct_log):
-    if self.tracker is None or epoch >= self.c.warmup_epochs:
-      return
-    for idx, correct in correct_log:
-      self.tracker.update(sharding.to_host(idx), sharding.to_host(correct))
-
-
-def _student_data_size(config, labels: np.ndarray) -> int:
-  """Samples per QAT epoch: the coreset size, or all for selector "full"."""
-  sel = baselines.get_selector(config.coreset.selector)
-  if sel.mode == "full":
-    return len(labels)
-  return coreset_size(labels, config.coreset.fraction, config.coreset.balance)
-
-
 def check_batch_sizes(config, dataset, teacher_trains: bool) -> None:
   """Refuses, before any work, a batch larger than the data it draws from."""
   n = dataset.num_examples("train")
@@ -590,7 +422,8 @@ def check_batch_sizes(config, dataset, teacher_trains: bool) -> None:
         f"config.teacher.batch_size={config.teacher.batch_size} is larger "
         f"than the {n} training samples; lower it")
   if config.train.epochs:
-    size = _student_data_size(config, dataset.train_labels())
+    size = schedule_lib.epoch_data_size(config.coreset,
+                                        dataset.train_labels())
     if config.train.batch_size > size:
       raise ConfigError(
           f"config.train.batch_size={config.train.batch_size} is larger than "
@@ -605,7 +438,7 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
   labels = dataset.train_labels()
   sel = baselines.get_selector(config.coreset.selector)
   full_size = len(labels)
-  size = _student_data_size(config, labels)
+  size = schedule_lib.epoch_data_size(config.coreset, labels)
   # The LR schedule spans warm-up epochs on the full data and coreset epochs.
   warm = config.coreset.warmup_epochs if sel.mode != "full" else 0
   spe_core = input_pipeline.steps_per_epoch(size, c.batch_size)
@@ -630,8 +463,13 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
                      _eval_batch_size(config))
   logging.info("Student (%s) at init: test top-1 %.4f",
                quant.from_config(config.quant).name, initial["top1"])
-  schedule_sel = CoresetSchedule(config, dataset, runner, teacher_model,
-                                 teacher_variables, mesh, workdir, writer)
+  schedule_sel = schedule_lib.CoresetSchedule(
+      config, dataset, runner.score_fn,
+      lambda v, x: teacher_model.apply(v, x, train=False), teacher_variables,
+      mesh, workdir, writer,
+      score_batch_size=(config.coreset.score_batch_size
+                        or _eval_batch_size(config)),
+      selection_seed=lambda epoch: config.seed + epoch)
   rng = jax.random.key(config.seed + 2)
   state, last, best = run_epochs(
       stage="train", runner=runner, state=state, dataset=dataset,

@@ -28,15 +28,12 @@ def _inputs(rng, n=150, num_classes=5, dim=4):
   }
 
 
-_OPTIONS = {"acs": {"epoch": 3, "total_epochs": 10}}
-
-
-@pytest.mark.parametrize("name", sorted(baselines.SELECTORS))
+@pytest.mark.parametrize("name", sorted(set(baselines.SELECTORS) - {"acs"}))
 def test_contract_counts_sorted_unique_deterministic(name):
   rng = np.random.default_rng(0)
   labels, inputs = _inputs(rng)
   sel = baselines.get_selector(name)
-  opts = _OPTIONS.get(name, {})
+  opts = {}
   for fraction in (0.2, 0.5):
     for balance in (True, False):
       idx = sel(inputs, labels=labels, fraction=fraction, balance=balance,
@@ -64,12 +61,15 @@ def test_registry():
       "acs", "full", "random", "el2n", "forgetting", "kcenter", "moderate",
       "contextual_diversity", "glister", "least_confidence", "margin",
       "entropy"}
-  assert set(baselines.NEEDS) == set(baselines.SELECTORS)
-  assert baselines.NEEDS["glister"] == ("logits", "embedding")
-  assert baselines.NEEDS["kcenter"] == ("embedding",)
-  assert "acs" in baselines.ADAPTIVE and "acs" not in baselines.ONE_SHOT
-  assert baselines.ONE_SHOT | baselines.ADAPTIVE | {"full"} == set(
-      baselines.SELECTORS)
+  needs = {n: s.needs for n, s in baselines.SELECTORS.items()}
+  assert needs["glister"] == ("logits", "embedding")
+  assert needs["kcenter"] == ("embedding",)
+  assert needs["acs"] == ("evs", "ds")
+  modes = {n: s.mode for n, s in baselines.SELECTORS.items()}
+  assert modes.pop("acs") == "adaptive" and modes.pop("full") == "full"
+  assert set(modes.values()) == {"one_shot"}
+  with pytest.raises(ValueError, match="acs_select"):
+    baselines.get_selector("acs")({}, labels=np.zeros(3), fraction=0.5)
   with pytest.raises(ValueError, match="unknown.*kcenter.*glister"):
     baselines.get_selector("craig")
   with pytest.raises(ValueError, match="missing"):

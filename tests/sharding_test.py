@@ -208,11 +208,13 @@ def test_replicate_and_to_host_round_trip(meshes):
   sharding.sync("noop with one process")
 
 
-def test_local_batch_size(meshes):
-  assert sharding.local_batch_size(32, meshes["eight"]) == 32
-  assert sharding.local_batch_size(3, meshes["one"]) == 3
-  with pytest.raises(ValueError, match="multiple of the number of devices"):
-    sharding.local_batch_size(12, meshes["eight"])
+def test_check_batch():
+  sharding.check_batch(32, 8)
+  sharding.check_batch(3, 1)
+  with pytest.raises(ValueError, match=r"config.train.batch_size=12 must be a "
+                     r"multiple of the number of devices \(8\); valid "
+                     r"values: 8, 16, 32"):
+    sharding.check_batch(12, 8, "config.train.batch_size")
 
 
 @pytest.mark.parametrize("coreset_size", [33, 40, 64, 71])

@@ -3,9 +3,7 @@
 `scores` (jax) computes EVS/DS on the mesh; `selector` (ACS schedules and
 top-fraction selection), `baselines` and `forgetting` use NumPy only.
 """
-from acs_jax.coreset.baselines import (ADAPTIVE, CAN_BE_ADAPTIVE, NEEDS,
-                                       ONE_SHOT, SELECTORS, Selector,
-                                       get_selector)
+from acs_jax.coreset.baselines import SELECTORS, Selector, get_selector
 from acs_jax.coreset.forgetting import ForgettingTracker
 from acs_jax.coreset.scores import (compute_teacher_probs,
                                     disagreement_score,
@@ -14,5 +12,4 @@ from acs_jax.coreset.scores import (compute_teacher_probs,
                                     score_dataset)
 from acs_jax.coreset.selector import (SCHEDULES, SelectionRecord,
                                       acs_coefficient, acs_select,
-                                      is_selection_epoch, select_top_fraction,
-                                      selection_epochs)
+                                      select_top_fraction)

@@ -9,10 +9,11 @@ deterministic for a given seed; ties go to the lower index.
 
 `SELECTORS` / `get_selector(name)` give a uniform calling convention
 (`selector(inputs, labels=..., fraction=..., balance=..., seed=...,
-**options)`), `NEEDS` says which per-sample arrays each one reads (so the
-training loop keeps only those from `scores.score_dataset`), and `ADAPTIVE` /
-`ONE_SHOT` say whether a method re-selects every R epochs or selects once
-after warm-up (DeepCore's protocol).
+**options)`); each `Selector` says which per-sample arrays it reads (`needs`:
+the training loop keeps only those from `scores.score_dataset`) and whether it
+re-selects every R epochs or selects once after warm-up (`mode`, DeepCore's
+protocol). ACS itself is registered for its `needs` and `mode`; it selects
+through `selector.acs_select`, which also returns the SelectionRecord.
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ __all__ = [
     "ForgettingTracker", "full", "random_subset", "el2n", "el2n_scores",
     "forgetting", "kcenter_greedy", "moderate", "contextual_diversity",
     "glister", "glister_val_split", "least_confidence", "margin", "entropy",
-    "Selector", "SELECTORS", "NEEDS", "ADAPTIVE", "ONE_SHOT", "CAN_BE_ADAPTIVE",
-    "get_selector",
+    "Selector", "SELECTORS", "get_selector",
 ]
 
 _DEFAULT_CHUNK = 8192
@@ -421,19 +421,6 @@ def entropy(logits: np.ndarray, *, labels: np.ndarray, fraction: float,
                              fraction, balance)
 
 
-def _acs_indices(evs: np.ndarray, ds: np.ndarray, *, labels: np.ndarray,
-                 fraction: float, balance: bool = True, epoch: int,
-                 total_epochs: int, schedule: str = "cosine",
-                 constant: float | None = None) -> np.ndarray:
-  """ACS through the registry (indices only; use `selector.acs_select` for
-  the SelectionRecord)."""
-  idx, _ = selector_lib.acs_select(
-      evs, ds, labels, epoch=epoch, total_epochs=total_epochs,
-      fraction=fraction, schedule=schedule, balance=balance,
-      constant=constant)
-  return idx
-
-
 # ---------------------------------------------------------------------------
 # Registry.
 # ---------------------------------------------------------------------------
@@ -445,7 +432,7 @@ class Selector:
 
   Attributes:
     name: registry name.
-    fn: the selector function.
+    fn: the selector function (None for "acs": use `selector.acs_select`).
     needs: per-sample input arrays it reads, passed by these keyword names:
       "evs", "ds" [N], "logits" [N, K], "embedding" [N, D] (all from
       `scores.score_dataset`) or "forgetting_counts" [N] (from a
@@ -455,7 +442,7 @@ class Selector:
     seeded: whether `seed` is forwarded.
   """
   name: str
-  fn: Callable[..., np.ndarray]
+  fn: Callable[..., np.ndarray] | None
   needs: tuple[str, ...]
   mode: str
   seeded: bool = False
@@ -477,6 +464,9 @@ class Selector:
     Returns:
       Sorted unique int64 indices.
     """
+    if self.fn is None:
+      raise ValueError(f"selector {self.name!r} selects through "
+                       "selector.acs_select (it returns the SelectionRecord)")
     inputs = dict(inputs or {})
     missing = [k for k in self.needs if k not in inputs]
     if missing:
@@ -491,7 +481,7 @@ class Selector:
 
 SELECTORS: dict[str, Selector] = {
     s.name: s for s in (
-        Selector("acs", _acs_indices, ("evs", "ds"), "adaptive"),
+        Selector("acs", None, ("evs", "ds"), "adaptive"),
         Selector("full", full, (), "full"),
         Selector("random", random_subset, (), "one_shot", seeded=True),
         Selector("el2n", el2n, ("evs",), "one_shot"),
@@ -510,18 +500,6 @@ SELECTORS: dict[str, Selector] = {
         Selector("entropy", entropy, ("logits",), "one_shot"),
     )
 }
-
-# name -> input arrays it reads (keep only these after scoring).
-NEEDS: dict[str, tuple[str, ...]] = {n: s.needs for n, s in SELECTORS.items()}
-# Default protocol: ACS re-selects every R epochs; the baselines select once
-# after warm-up, as in DeepCore.
-ADAPTIVE = frozenset(n for n, s in SELECTORS.items() if s.mode == "adaptive")
-ONE_SHOT = frozenset(n for n, s in SELECTORS.items() if s.mode == "one_shot")
-# Methods whose inputs are cheap to recompute from a fresh scoring pass, so
-# they can also be run adaptively (an ablation: re-select every R epochs).
-CAN_BE_ADAPTIVE = frozenset({"acs", "random", "el2n", "least_confidence",
-                             "margin", "entropy"})
-
 
 def get_selector(name: str) -> Selector:
   """The registered selector `name`; ValueError listing valid names if not."""

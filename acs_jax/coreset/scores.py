@@ -213,11 +213,7 @@ def _iter_chunks(batches: Iterable[Mapping[str, Any]],
     if rows is None:
       rows = b["index"].shape[0]
       global_rows = rows * jax.process_count()
-      if global_rows % n_dev:
-        raise ValueError(
-            f"global batch size {global_rows} must be a multiple of the "
-            f"number of devices ({n_dev}); valid values: {n_dev}, "
-            f"{2 * n_dev}, {4 * n_dev}, ...")
+      sharding_lib.check_batch(global_rows, n_dev, "global batch size")
     if extra is not None:
       b.update(extra(b))
     pending.append(b)

@@ -229,20 +229,6 @@ class SelectionRecord:
     np.save(stem + ".npy", np.asarray(self.indices, np.int64))
     return stem + ".json", stem + ".npy"
 
-  @classmethod
-  def load(cls, json_path: str, npy_path: str) -> "SelectionRecord":
-    with open(json_path) as f:
-      d = json.load(f)
-    return cls(
-        epoch=d["epoch"], beta=d["beta"], schedule=d["schedule"],
-        fraction=d["fraction"], balance=d["balance"],
-        num_samples=d["num_samples"],
-        indices=np.load(npy_path).astype(np.int64),
-        class_counts={int(k): v for k, v in d["class_counts"].items()},
-        class_sizes={int(k): v for k, v in d["class_sizes"].items()},
-        score_stats=d["score_stats"])
-
-
 def acs_scores(evs: np.ndarray, ds: np.ndarray, beta: float) -> np.ndarray:
   """beta * EVS + (1 - beta) * DS in float64. Shapes [N] -> [N]."""
   evs = np.asarray(evs, np.float64)
@@ -290,23 +276,3 @@ def acs_select(evs: np.ndarray, ds: np.ndarray, labels: np.ndarray, *,
       score_stats={"evs": _stats(evs), "ds": _stats(ds), "acs": _stats(score),
                    "acs_selected": _stats(score[idx])})
   return idx, record
-
-
-def _check_every(every: int) -> int:
-  if int(every) != every or every < 1:
-    raise ValueError(f"data_update_epochs (every) must be an integer >= 1, "
-                     f"got {every}")
-  return int(every)
-
-
-def selection_epochs(total_epochs: int, every: int) -> tuple[int, ...]:
-  """Epochs at which the coreset is (re)selected: 0, R, 2R, ... < E."""
-  every = _check_every(every)
-  return tuple(range(0, int(total_epochs), every))
-
-
-def is_selection_epoch(epoch: int, every: int) -> bool:
-  """Whether the coreset is (re)selected at `epoch` (epoch 0 and every R)."""
-  every = _check_every(every)
-  return epoch >= 0 and epoch % every == 0
-
