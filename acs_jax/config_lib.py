@@ -12,13 +12,18 @@ import ml_collections
 
 from acs_jax import models
 from acs_jax import quant
+from acs_jax import steps
+from acs_jax.coreset import baselines
+from acs_jax.coreset import schedule as schedule_lib
 from acs_jax.coreset import selector as selector_lib
 from acs_jax.data import datasets
 
-DATA_SOURCES = ("tfds", "npz", "image_folder", "digits", "synthetic")
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "linear", "step", "constant")
-LOSSES = ("kd", "ce", "kd+ce")
+# Valid values, defined where they are used (listed here for messages).
+DATA_SOURCES = datasets.SOURCES
+OPTIMIZERS = steps.OPTIMIZERS
+LR_SCHEDULES = steps.LR_SCHEDULES
+LOSSES = steps.LOSSES
+SELECTORS = tuple(baselines.SELECTORS)
 MODEL_NAMES = models.MODELS
 BLOCKS = models.BLOCKS
 STEMS = ("auto", *models.STEMS)
@@ -170,10 +175,23 @@ def _validate_optim(c, prefix):
             allow_zero=True)
 
 
+def data_options(data: ml_collections.ConfigDict) -> datasets.DataOptions:
+  """config.data as the typed options `datasets.load_dataset` takes.
+
+  Raises:
+    ConfigError: a field has an invalid value (named, with the valid ones).
+  """
+  try:
+    return datasets.DataOptions.from_mapping(data)
+  except ValueError as e:  # DataOptions names the config.data field
+    raise ConfigError(str(e)) from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every field that can be checked without loading data."""
   d = config.data
   _choice(d.source, DATA_SOURCES, "data.source")
+  data_options(d)
   if d.source in ("npz", "image_folder"):
     if not d.path:
       raise ConfigError(f"config.data.path is empty; data.source={d.source!r} "
@@ -181,9 +199,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not os.path.exists(d.path):
       raise ConfigError(f"config.data.path={d.path!r} does not exist")
   _choice(d.normalization, NORMALIZATIONS, "data.normalization")
-  if not 0.0 <= d.label_noise < 1.0:
-    raise ConfigError(f"config.data.label_noise={d.label_noise!r} is not "
-                      "valid; it must be in [0, 1)")
   m = config.model
   _choice(m.name, MODEL_NAMES, "model.name")
   _choice(m.block, BLOCKS, "model.block")
@@ -194,9 +209,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "mobilenetv2 has no such shortcut (use 'projection')")
   _choice(m.dtype, DTYPES, "model.dtype")
   try:
-    quant.from_config(config.quant)
+    qc = quant.from_config(config.quant)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if qc.is_float:
+    raise ConfigError("config.quant.bits='fp' leaves nothing to quantize; "
+                      "valid values: 'w<B>' or 'w<B>a<B>' (e.g. 'w2', "
+                      "'w4a4')")
   _validate_optim(config.teacher, "teacher")
   if config.teacher.checkpoint and not os.path.isdir(config.teacher.checkpoint):
     raise ConfigError(f"config.teacher.checkpoint={config.teacher.checkpoint!r}"
@@ -215,8 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "not valid; it must be in [0, 1]")
   _positive(config.train.eval_every, "train.eval_every")
   c = config.coreset
-  from acs_jax.coreset import baselines  # pylint: disable=g-import-not-at-top
-  _choice(c.selector, tuple(baselines.SELECTORS), "coreset.selector")
+  _choice(c.selector, SELECTORS, "coreset.selector")
   f = c.fraction
   if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
     raise ConfigError(f"config.coreset.fraction={f!r} is not valid; it must "
@@ -227,7 +245,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.coreset.constant_beta={c.constant_beta!r} is "
                       "not valid; it must be in [0, 1]")
   _positive(c.warmup_epochs, "coreset.warmup_epochs", allow_zero=True)
-  _choice(c.adaptive, ("auto", "yes", "no"), "coreset.adaptive")
+  _choice(c.adaptive, schedule_lib.ADAPTIVE, "coreset.adaptive")
   if c.selector == "forgetting" and c.warmup_epochs < 1:
     raise ConfigError("config.coreset.warmup_epochs=0 is not valid for "
                       "selector 'forgetting': forgetting events are counted "

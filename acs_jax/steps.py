@@ -5,7 +5,6 @@ once with shardings; nothing here touches the host.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax
@@ -13,6 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+
+
+LOSSES = ("kd", "ce", "kd+ce")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "linear", "step", "constant")
 
 
 class TrainState(train_state.TrainState):
@@ -50,7 +54,7 @@ def combined_loss(kind: str, logits, labels, teacher_probs=None,
   if kind == "kd+ce":
     return (kd_alpha * kd_loss(logits, teacher_probs)
             + (1.0 - kd_alpha) * ce_loss(logits, labels))
-  raise ValueError(f"unknown loss {kind!r}; valid: kd, ce, kd+ce")
+  raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
 
 
 # --------------------------------------------------------------------------

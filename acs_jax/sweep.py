@@ -273,7 +273,7 @@ def check_coreset_sizes(runs: Sequence[Run]) -> None:
     if key not in dataset_of:
       try:
         dataset_of[key] = datasets.load_dataset(
-            train.data_config(run.config.data))
+            config_lib.data_options(run.config.data))
       except ValueError as e:  # The data module names the field already.
         raise ConfigError(str(e)) from None
     try:

@@ -31,6 +31,7 @@ from acs_jax import config_lib
 from acs_jax import env
 from acs_jax import models
 from acs_jax import quant
+from acs_jax import rngs
 from acs_jax import sharding
 from acs_jax import steps
 from acs_jax import workdir as workdir_lib
@@ -61,16 +62,6 @@ def _check_batch(batch: int, field: str, n_dev: int) -> None:
     sharding.check_batch(batch, n_dev, f"config.{field}")
   except ValueError as e:
     raise ConfigError(str(e)) from None
-
-
-def data_config(data: ml_collections.ConfigDict) -> dict[str, Any]:
-  """config.data as load_dataset reads it: "" / 0 / "auto" mean "default"."""
-  out = {}
-  for k, v in data.items():
-    if v in ("", "auto") or (k in ("image_size", "channels") and v == 0):
-      v = None
-    out[k] = v
-  return out
 
 
 # ---------------------------------------------------------------------------
@@ -351,9 +342,9 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
     checkpoint was fine-tuned.
   """
   meta = _teacher_meta(config, dataset)
-  like = jax.eval_shape(lambda: models.init_variables(teacher_model,
-                                               dataset.image_shape,
-                                               config.seed))
+  like = jax.eval_shape(lambda: models.init_variables(
+      teacher_model, dataset.image_shape,
+      rngs.key(config.seed, "teacher_init")))
   teacher_dir = os.path.join(workdir, "teacher")
   c = config.teacher
   info = {}
@@ -382,15 +373,16 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
                   lr_schedule=schedule)
   if variables is None:
     variables = models.init_variables(teacher_model, dataset.image_shape,
-                               config.seed)
+                                      rngs.key(config.seed, "teacher_init"))
   state = steps.TrainState.create(apply_fn=teacher_model.apply,
                                   params=variables["params"], tx=tx,
                                   batch_stats=variables["batch_stats"])
   state = sharding.replicate(state, mesh)
-  rng = jax.random.key(config.seed + 1)
   state, result, _ = run_epochs(
       stage="teacher", runner=runner, state=state, dataset=dataset,
-      epochs=epochs, batch_size=c.batch_size, seed=config.seed, rng=rng,
+      epochs=epochs, batch_size=c.batch_size,
+      seed=rngs.host_seed(config.seed, "teacher_data"),
+      rng=rngs.key(config.seed, "teacher_step"),
       eval_every=max(1, epochs), eval_batch_size=_eval_batch_size(config),
       writer=writer, choose_indices=lambda e, s: (all_idx, {}),
       log_every_steps=config.log_every_steps, ckpt=ckpt,
@@ -449,7 +441,8 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
       c, spe_mean, step_size_lr_mult=c.step_size_lr_mult)
 
   # Student = teacher weights + LSQ steps calibrated on a training batch.
-  sample = _first_train_batch(dataset, min(c.batch_size, 256), config.seed)
+  sample = _first_train_batch(dataset, min(c.batch_size, 256),
+                              rngs.host_seed(config.seed, "calibration"))
   student_vars = models.student_from_teacher(
       student_model, sharding.to_host(teacher_variables), sample, config.seed)
   state = steps.TrainState.create(apply_fn=student_model.apply,
@@ -469,12 +462,13 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
       mesh, workdir, writer,
       score_batch_size=(config.coreset.score_batch_size
                         or _eval_batch_size(config)),
-      selection_seed=lambda epoch: config.seed + epoch)
-  rng = jax.random.key(config.seed + 2)
+      selection_seed=lambda epoch: rngs.host_seed(config.seed, "selection",
+                                                  epoch))
   state, last, best = run_epochs(
       stage="train", runner=runner, state=state, dataset=dataset,
-      epochs=c.epochs, batch_size=c.batch_size, seed=config.seed + 1000,
-      rng=rng, eval_every=c.eval_every,
+      epochs=c.epochs, batch_size=c.batch_size,
+      seed=rngs.host_seed(config.seed, "student_data"),
+      rng=rngs.key(config.seed, "student_step"), eval_every=c.eval_every,
       eval_batch_size=_eval_batch_size(config), writer=writer,
       choose_indices=schedule_sel,
       teacher_variables=teacher_variables if c.loss != "ce" else None,
@@ -534,14 +528,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     _check_batch(config.coreset.score_batch_size, "coreset.score_batch_size",
                  n_dev)
   try:
-    dataset = datasets.load_dataset(data_config(config.data))
+    dataset = datasets.load_dataset(config_lib.data_options(config.data))
   except ValueError as e:  # the data module names the field already
     raise ConfigError(str(e)) from None
   qc = quant.from_config(config.quant)
-  if qc.is_float:
-    raise ConfigError("config.quant.bits='fp' leaves nothing to quantize; "
-                      "valid values: 'w<B>' or 'w<B>a<B>' (e.g. 'w2', "
-                      "'w4a4')")
   source = teacher_source(config, workdir)
   teacher_meta = ckpt_lib.read_teacher_meta(source) if source else None
   if teacher_meta is not None:  # refuse another model before any work

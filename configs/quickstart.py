@@ -7,12 +7,10 @@ no download): a full-precision tiny ResNet teacher (two stages of one basic
 block, 8/16 channels), then its 2-bit-weight / 2-bit-activation student
 ("w2a2") initialised from it and trained with knowledge distillation on an ACS
 coreset of 30% of the data, re-selected every 2 epochs.
-Expected (measured 2026-11-29, seed 0, 2 quiet CPU cores, jaxlib 0.10.2 with
-acs_jax's default XLA flags): teacher 0.969 test top-1, student 0.881 after 8
-epochs, 52 s in all (most of it XLA compilation). On a 2-vCPU Intel Xeon VM
-(2026-12-01, loaded): teacher 0.967, student 0.856, 53 s, with the same code
-(checked against the commit of the Zen 4 figures): the CPU's kernels, XLA
-flags and versions change the float rounding, so expect a few points either
+Expected (2026-12-02, seed 0, 2-vCPU Intel Xeon VM, another job using one
+core; jaxlib 0.10.2 with acs_jax's default XLA flags): teacher 0.972 test top-1,
+student 0.878 after 8 epochs, about 90 s (most of it XLA compilation). Other
+CPUs round floats differently (kernels, XLA flags): expect a few points either
 way.
 """
 from acs_jax import config_lib

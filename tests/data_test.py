@@ -223,7 +223,8 @@ def test_load_dataset_label_noise_only_on_train():
      r"synthetic; got 'csv'"),
     (dict(source="tfds", name="cifar11"), ValueError,
      r"config\.data\.name must be one of cifar10, .*imagenet2012"),
-    (dict(source="tfds"), ValueError, r"config\.data\.name must be one of"),
+    (dict(source="tfds", name=""), ValueError,
+     r"config\.data\.name must be one of"),
     (dict(source="digits", label_noise=1.0), ValueError,
      r"config\.data\.label_noise must be a number in \[0, 1\), got 1\.0"),
     (dict(source="digits", label_noise=-0.1), ValueError,
@@ -260,8 +261,13 @@ def test_plain_dict_and_attribute_configs():
   ds = data.load_dataset({"source": "synthetic", "num_train": 10,
                           "num_test": 4})
   assert ds.num_train == 10
-  with pytest.raises(ValueError, match=r"cfg\.source"):
-    data.load_dataset({"source": "nope"}, prefix="cfg")
+  with pytest.raises(ValueError, match=r"config\.data\.source must be one "
+                     r"of tfds, npz"):
+    data.load_dataset({"source": "nope"})
+  opts = datasets.DataOptions(source="synthetic", num_train=10, num_test=4,
+                              image_size=6)
+  assert opts.image_size == (6, 6)
+  assert data.load_dataset(opts).image_shape == (6, 6, 3)
 
 
 def test_placeholder_values_count_as_unset():
@@ -274,9 +280,16 @@ def test_placeholder_values_count_as_unset():
   ds = data.load_dataset(cfg)
   assert ds.name == "synthetic" and ds.image_shape == (8, 8, 3)
   assert ds.augment == "none" and ds.num_classes == 4
+  opts = datasets.DataOptions.from_mapping(cfg)
   for field in ("data_dir", "manual_dir", "path", "image_size", "channels",
                 "augment"):
-    assert datasets._get(cfg, field) is None, field
+    assert getattr(opts, field) is None, field
+
+
+def test_base_config_data_defaults_are_the_options_defaults():
+  from acs_jax import config_lib  # pylint: disable=g-import-not-at-top
+  base = config_lib.data_options(config_lib.get_base_config().data)
+  assert base == datasets.DataOptions()
 
 
 def test_augment_override():

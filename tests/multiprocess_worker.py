@@ -165,10 +165,10 @@ def main():
 def _reload_teacher(config, workdir: str) -> dict:
   """train.teacher_stage on a workdir holding a saved teacher: its checksum
   and test top-1 as loaded on this process."""
-  from acs_jax import models, quant, sharding, train  # pylint: disable=g-import-not-at-top
+  from acs_jax import config_lib, models, quant, sharding, train  # pylint: disable=g-import-not-at-top
   from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from acs_jax.metrics import MetricsWriter  # pylint: disable=g-import-not-at-top
-  dataset = datasets.load_dataset(train.data_config(config.data))
+  dataset = datasets.load_dataset(config_lib.data_options(config.data))
   teacher = models.model_from_config(
       config, dataset.num_classes, dataset.image_shape[0],
       quant.from_config(config.quant).as_float())

@@ -69,7 +69,7 @@ def _config(**kw):
 
 def _pretrained_teacher(directory, config):
   """A teacher directory as acs_jax.pretrained.convert writes it."""
-  ds = datasets.load_dataset(train.data_config(config.data))
+  ds = datasets.load_dataset(config_lib.data_options(config.data))
   model = models.model_from_config(config, ds.num_classes, ds.image_shape[0],
                                    quant.QuantConfig())
   variables = models.init_variables(model, ds.image_shape, seed=7)

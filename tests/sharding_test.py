@@ -146,7 +146,7 @@ def _tiny_dataset():
   c = config_lib.get_base_config()
   c.data.update(source="synthetic", name="synthetic", num_train=72,
                 num_test=8, num_classes=NUM_CLASSES)
-  return datasets.load_dataset(train.data_config(c.data))
+  return datasets.load_dataset(config_lib.data_options(c.data))
 
 
 def _score_and_select(setup, mesh, dataset, score_fn, teacher_apply):

@@ -157,7 +157,7 @@ def test_changing_coreset_size_does_not_recompile(tmp_path):
   from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from acs_jax.metrics import MetricsWriter  # pylint: disable=g-import-not-at-top
   c = tiny_config()
-  ds = datasets.load_dataset(train.data_config(c.data))
+  ds = datasets.load_dataset(config_lib.data_options(c.data))
   model = models.build_model("resnet_tiny", num_classes=4,
                              quant=quant.QuantConfig(weight_bits=2))
   mesh = sharding.make_mesh()

@@ -28,6 +28,8 @@ from acs_jax.data import input_pipeline
 from acs_jax.metrics import MetricsWriter, progress
 
 _SCORED = ("evs", "ds", "logits", "embedding")  # what score_dataset returns
+# config.coreset.adaptive: the selector's own protocol, or forced on / off.
+ADAPTIVE = ("auto", "yes", "no")
 
 
 def coreset_size(labels: np.ndarray, fraction: float, balance: bool) -> int:

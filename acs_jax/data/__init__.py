@@ -7,7 +7,7 @@ _env.quiet_tensorflow()
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from acs_jax.data.datasets import apply_label_noise
 from acs_jax.data.datasets import AUGMENTS
-from acs_jax.data.datasets import CONFIG_DEFAULTS
+from acs_jax.data.datasets import DataOptions
 from acs_jax.data.datasets import Dataset
 from acs_jax.data.datasets import label_noise_offsets
 from acs_jax.data.datasets import load_dataset
@@ -24,7 +24,7 @@ from acs_jax.data.input_pipeline import NumpyIterator
 from acs_jax.data.input_pipeline import steps_per_epoch
 
 __all__ = [
-    "AUGMENTS", "CONFIG_DEFAULTS", "Dataset", "NumpyIterator", "SOURCES",
+    "AUGMENTS", "DataOptions", "Dataset", "NumpyIterator", "SOURCES",
     "TFDS_NAMES", "apply_label_noise", "eval_steps", "label_noise_offsets",
     "load_dataset", "make_eval_dataset", "make_eval_iterator",
     "make_train_dataset", "make_train_iterator", "shift_labels",

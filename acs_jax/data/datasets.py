@@ -79,24 +79,6 @@ _TFDS_AUGMENT = {
 # The test split of each TFDS dataset (imagenet2012 has no labelled "test").
 _TFDS_TEST_SPLIT = {"imagenet2012": "validation"}
 
-# Defaults of the config fields read by `load_dataset`.
-CONFIG_DEFAULTS = {
-    "source": "tfds",
-    "name": None,
-    "data_dir": None,
-    "manual_dir": None,
-    "path": None,
-    "image_size": None,
-    "channels": None,
-    "augment": None,
-    "label_noise": 0.0,
-    "seed": 0,
-    "num_train": 512,
-    "num_test": 256,
-    "num_classes": 10,
-}
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """One image-classification dataset.
@@ -378,33 +360,7 @@ def channel_stats(images: np.ndarray, chunk: int = 8192
 
 
 # ---------------------------------------------------------------------------
-# Config reading and validation.
-
-
-# Values that mean "not set" besides None. ConfigDict fields are typed, so the
-# project config uses "" / 0 / "auto" as placeholders instead of None.
-_UNSET = {
-    "name": ("",),
-    "data_dir": ("",),
-    "manual_dir": ("",),
-    "path": ("",),
-    "image_size": (0,),
-    "channels": (0,),
-    "augment": ("auto",),
-}
-
-
-def _get(cfg: Any, field: str) -> Any:
-  """A field of an attribute object / ConfigDict / dict, or its default."""
-  if isinstance(cfg, dict):
-    value = cfg.get(field, CONFIG_DEFAULTS[field])
-  else:
-    value = getattr(cfg, field, CONFIG_DEFAULTS[field])
-  if value is None or (isinstance(value, (str, int))
-                       and not isinstance(value, bool)
-                       and value in _UNSET.get(field, ())):
-    return CONFIG_DEFAULTS[field]
-  return value
+# What to load: DataOptions, checked once.
 
 
 def _is_int(value: Any) -> bool:
@@ -439,72 +395,112 @@ def _check_path(value: Any, field: str, what: str) -> str:
   return path
 
 
-def _read_config(cfg: Any, prefix: str) -> dict[str, Any]:
-  """Reads and validates the fields common to every source."""
-  f = lambda name: f"{prefix}.{name}"  # noqa: E731
-  source = _get(cfg, "source")
-  if source not in SOURCES:
-    raise ValueError(f"{f('source')} must be one of {', '.join(SOURCES)}; got "
-                     f"{source!r}")
-  rate = _get(cfg, "label_noise")
-  if (not isinstance(rate, numbers.Real) or isinstance(rate, bool)
-      or not 0.0 <= float(rate) < 1.0):
-    raise ValueError(f"{f('label_noise')} must be a number in [0, 1), got "
-                     f"{rate!r}")
-  augment = _get(cfg, "augment")
-  if augment is not None and augment not in AUGMENTS:
-    raise ValueError(f"{f('augment')} must be one of {', '.join(AUGMENTS)} "
-                     f"(or None for the dataset's default); got {augment!r}")
-  channels = _get(cfg, "channels")
-  if channels is not None and channels not in (1, 3):
-    raise ValueError(f"{f('channels')} must be 1 or 3 (or None), got "
-                     f"{channels!r}")
-  name = _get(cfg, "name")
-  if name is not None and not isinstance(name, str):
-    raise ValueError(f"{f('name')} must be a string, got {name!r}")
-  return {
-      "source": source,
-      "name": name,
-      "label_noise": float(rate),
-      "seed": _check_int(_get(cfg, "seed"), f("seed"), 0),
-      "augment": augment,
-      "channels": channels,
-      "image_size": _check_image_size(_get(cfg, "image_size"),
-                                      f("image_size")),
-  }
+# How errors name the fields: they are config.data's.
+_PREFIX = "config.data"
+# Values of config.data that mean "not set" (None): ConfigDict fields are
+# typed, so the project config holds "", 0 and "auto" instead of None.
+_UNSET = {"name": "", "data_dir": "", "manual_dir": "", "path": "",
+          "image_size": 0, "channels": 0, "augment": "auto"}
 
 
-def load_dataset(cfg: Any, prefix: str = "config.data") -> Dataset:
-  """Builds the `Dataset` a data config describes.
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+  """What `load_dataset` loads: config.data's dataset fields, checked.
 
-  Config fields (attribute object, ConfigDict or dict; missing or None fields
-  take the defaults in CONFIG_DEFAULTS):
-    source: one of SOURCES (default "tfds").
+  Attributes:
+    source: one of SOURCES.
     name: TFDS name (one of TFDS_NAMES; required for, and only read by,
       source "tfds"). Other sources are named after the file/folder, or
       "digits" / "synthetic".
-    data_dir: TFDS data_dir (default None: TFDS's own default,
-      $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    data_dir: TFDS data_dir (None: TFDS's own default, $TFDS_DATA_DIR or
+      ~/tensorflow_datasets).
     manual_dir: imagenet2012 only: a folder with ILSVRC2012_img_train.tar and
       ILSVRC2012_img_val.tar; when the dataset is not prepared yet and both
       tars are there, it is prepared (array_record, hours) from them.
     path: the .npz file (source "npz") or the folder root ("image_folder").
-    image_size: int or (h, w): image_folder resize target; imagenet2012 crop
-      size (default 224); synthetic side (default 8).
-    channels: 1 or 3: image_folder colour mode (default 3); synthetic
+    image_size: None, an int or (h, w) (stored as (h, w)): image_folder
+      resize target; imagenet2012 crop size (default 224); synthetic side
+      (default 8).
+    channels: None, 1 or 3: image_folder colour mode (default 3); synthetic
       (default 3).
-    augment: override of the dataset's default training augmentation (None
-      or "auto": the dataset's default).
+    augment: None (the dataset's default) or one of AUGMENTS.
+    label_noise: fraction of TRAINING labels flipped, in [0, 1).
+    seed: seeds label noise and the synthetic data.
+    num_train, num_test, num_classes: synthetic only.
 
-  "" (data_dir, manual_dir, path, name), 0 (image_size, channels) and "auto"
-  (augment) count as not set, like None.
-    label_noise: fraction of TRAINING labels flipped, in [0, 1) (default 0).
-    seed: seeds label noise and the synthetic data (default 0).
-    num_train, num_test, num_classes: synthetic only (512, 256, 10).
+  Raises (on construction):
+    ValueError: a field has an invalid value; the message names the
+      config.data field and the valid values.
+  """
+  source: str = "tfds"
+  name: str | None = "cifar10"
+  data_dir: str | None = None
+  manual_dir: str | None = None
+  path: str | None = None
+  image_size: Any = None
+  channels: int | None = None
+  augment: str | None = None
+  label_noise: float = 0.0
+  seed: int = 0
+  num_train: int = 512
+  num_test: int = 256
+  num_classes: int = 4
+
+  def __post_init__(self):
+    f = lambda name: f"{_PREFIX}.{name}"  # noqa: E731
+    if self.source not in SOURCES:
+      raise ValueError(f"{f('source')} must be one of {', '.join(SOURCES)}; "
+                       f"got {self.source!r}")
+    rate = self.label_noise
+    if (not isinstance(rate, numbers.Real) or isinstance(rate, bool)
+        or not 0.0 <= float(rate) < 1.0):
+      raise ValueError(f"{f('label_noise')} must be a number in [0, 1), got "
+                       f"{rate!r}")
+    if self.augment is not None and self.augment not in AUGMENTS:
+      raise ValueError(f"{f('augment')} must be one of {', '.join(AUGMENTS)} "
+                       f"(or 'auto' for the dataset's default); got "
+                       f"{self.augment!r}")
+    if self.channels is not None and self.channels not in (1, 3):
+      raise ValueError(f"{f('channels')} must be 1 or 3 (or 0: the "
+                       f"default), got {self.channels!r}")
+    if self.name is not None and not isinstance(self.name, str):
+      raise ValueError(f"{f('name')} must be a string, got {self.name!r}")
+    _check_int(self.seed, f("seed"), 0)
+    set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+    set_("label_noise", float(rate))
+    set_("image_size", _check_image_size(self.image_size, f("image_size")))
+    if self.source == "synthetic":
+      _check_int(self.num_train, f("num_train"), 1)
+      _check_int(self.num_test, f("num_test"), 1)
+      _check_int(self.num_classes, f("num_classes"), 2)
+
+  @classmethod
+  def from_mapping(cls, values: Any) -> "DataOptions":
+    """From config.data (a ConfigDict) or a dict with some of the fields.
+
+    "" / 0 / "auto" placeholders count as not set (None); fields that are
+    not DataOptions' (e.g. config.data.normalization, read by train.py) are
+    ignored.
+    """
+    items = values.items() if hasattr(values, "items") else vars(values).items()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in items:
+      if key not in fields:
+        continue
+      if key in _UNSET and not isinstance(value, bool) and (
+          value == _UNSET[key] or value is None):
+        value = None
+      kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_dataset(options: DataOptions | Any) -> Dataset:
+  """Builds the `Dataset` that `options` describe.
 
   Args:
-    cfg: the data config.
-    prefix: how the config is named in error messages.
+    options: a DataOptions, or config.data / a dict of its fields (read by
+      `DataOptions.from_mapping`).
 
   Returns:
     The dataset.
@@ -515,22 +511,23 @@ def load_dataset(cfg: Any, prefix: str = "config.data") -> Dataset:
     FileNotFoundError: a file/folder/prepared TFDS dataset is missing (the
       message names the field, the path and how to fix it).
   """
-  opts = _read_config(cfg, prefix)
-  source = opts["source"]
+  if not isinstance(options, DataOptions):
+    options = DataOptions.from_mapping(options)
+  source = options.source
   if source == "tfds":
-    ds = _load_tfds(cfg, opts, prefix)
+    ds = _load_tfds(options)
   elif source == "npz":
-    ds = _load_npz(cfg, opts, prefix)
+    ds = _load_npz(options)
   elif source == "image_folder":
-    ds = _load_image_folder(cfg, opts, prefix)
+    ds = _load_image_folder(options)
   elif source == "digits":
     ds = _load_digits()
   else:
-    ds = _load_synthetic(cfg, opts, prefix)
-  if opts["augment"] is not None and opts["augment"] != ds.augment:
-    ds = _with_augment(ds, opts["augment"], prefix)
-  if opts["label_noise"] > 0:
-    ds = with_label_noise(ds, opts["label_noise"], opts["seed"])
+    ds = _load_synthetic(options)
+  if options.augment is not None and options.augment != ds.augment:
+    ds = _with_augment(ds, options.augment, _PREFIX)
+  if options.label_noise > 0:
+    ds = with_label_noise(ds, options.label_noise, options.seed)
   return ds
 
 
@@ -628,25 +625,26 @@ def _tfds_not_prepared(name: str, data_dir_root: str, field: str) -> str:
           f"(TFDS looked in that folder). This code never downloads. {how}")
 
 
-def _load_tfds(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
-  name = opts["name"]
+def _load_tfds(opts: DataOptions) -> Dataset:
+  prefix = _PREFIX
+  name = opts.name
   if name not in TFDS_NAMES:
     raise ValueError(f"{prefix}.name must be one of {', '.join(TFDS_NAMES)} "
                      f"for {prefix}.source='tfds'; got {name!r}")
-  data_dir = _get(cfg, "data_dir")
+  data_dir = opts.data_dir
   if data_dir is not None:
     data_dir = _check_path(data_dir, f"{prefix}.data_dir", "the TFDS data_dir")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    manual_dir = _get(cfg, "manual_dir")
+    manual_dir = opts.manual_dir
     if name == "imagenet2012" and manual_dir is not None:
       builder = _prepare_imagenet(builder, manual_dir, prefix)
     else:
       raise FileNotFoundError(_tfds_not_prepared(
           name, str(builder.data_dir_root), f"{prefix}.data_dir"))
   if name == "imagenet2012":
-    return _load_tfds_random_access(builder, name, opts["image_size"],
+    return _load_tfds_random_access(builder, name, opts.image_size,
                                     f"{prefix}.data_dir")
   augment, padding, pad_mode = _TFDS_AUGMENT[name]
   return load_tfds_in_memory(builder, name, augment, padding, pad_mode)
@@ -747,8 +745,9 @@ def _load_tfds_random_access(builder: Any, name: str,
 # npz.
 
 
-def _load_npz(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
-  path = _check_path(_get(cfg, "path"), f"{prefix}.path", "the .npz file")
+def _load_npz(opts: DataOptions) -> Dataset:
+  prefix = _PREFIX
+  path = _check_path(opts.path, f"{prefix}.path", "the .npz file")
   try:
     data = np.load(path, allow_pickle=False)
   except (OSError, ValueError) as e:
@@ -845,9 +844,9 @@ def _read_images(paths: list[str], mode: str,
   return x[..., None] if x.ndim == 3 else x
 
 
-def _load_image_folder(cfg: Any, opts: dict[str, Any], prefix: str
-                       ) -> Dataset:
-  root = _check_path(_get(cfg, "path"), f"{prefix}.path",
+def _load_image_folder(opts: DataOptions) -> Dataset:
+  prefix = _PREFIX
+  root = _check_path(opts.path, f"{prefix}.path",
                      "the image folder root")
   train_dir = os.path.join(root, "train")
   test_dirs = [os.path.join(root, d) for d in _TEST_DIR_NAMES]
@@ -867,8 +866,8 @@ def _load_image_folder(cfg: Any, opts: dict[str, Any], prefix: str
   if unknown:
     raise ValueError(f"{prefix}.path: {test_dir} has classes not in "
                      f"{train_dir}: {unknown}")
-  mode = "L" if opts["channels"] == 1 else "RGB"
-  size = opts["image_size"]
+  mode = "L" if opts.channels == 1 else "RGB"
+  size = opts.image_size
   arrays = []
   for split in (train, test):
     paths = [p for c in class_names for p in split.get(c, [])]
@@ -915,7 +914,7 @@ def _load_digits() -> Dataset:
                     "crop", 1, "constant")
 
 
-def _load_synthetic(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
+def _load_synthetic(opts: DataOptions) -> Dataset:
   """Seeded easy task: a fixed +-1 pattern per class plus Gaussian noise.
 
   Pixel = clip(128 + 48 * pattern[label] + N(0, 32^2)). The class signal per
@@ -923,13 +922,11 @@ def _load_synthetic(cfg: Any, opts: dict[str, Any], prefix: str) -> Dataset:
   separates the classes after a few steps. Labels are balanced (i % K,
   shuffled). Default augmentation "none" (crops would shift the patterns).
   """
-  num_train = _check_int(_get(cfg, "num_train"), f"{prefix}.num_train", 1)
-  num_test = _check_int(_get(cfg, "num_test"), f"{prefix}.num_test", 1)
-  num_classes = _check_int(_get(cfg, "num_classes"), f"{prefix}.num_classes",
-                           2)
-  h, w = opts["image_size"] or (8, 8)
-  c = opts["channels"] or 3
-  rng = np.random.default_rng([opts["seed"], 0x5717])
+  num_train, num_test = opts.num_train, opts.num_test
+  num_classes = opts.num_classes
+  h, w = opts.image_size or (8, 8)
+  c = opts.channels or 3
+  rng = np.random.default_rng([opts.seed, 0x5717])
   patterns = rng.choice(np.array([-1.0, 1.0]), size=(num_classes, h, w, c))
 
   def make(n):

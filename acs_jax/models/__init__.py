@@ -105,16 +105,20 @@ def transfer_params(src: dict, dst: dict) -> dict:
   return flax.traverse_util.unflatten_dict(dst_flat)
 
 
-def init_variables(model, image_shape, seed: int,
+def init_variables(model, image_shape, seed: int | jax.Array,
                    sample: np.ndarray | None = None) -> dict:
-  """`model`'s initial variables (activation steps from `sample` if given)."""
+  """`model`'s initial variables (activation steps from `sample` if given).
+
+  `seed` is an integer or a jax key (e.g. `rngs.key(seed, "teacher_init")`).
+  """
   x = (jnp.zeros((2, *image_shape), jnp.float32) if sample is None
        else jnp.asarray(sample))
-  return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(x)
+  rng = jax.random.key(seed) if isinstance(seed, int) else seed
+  return jax.jit(lambda x, rng: model.init(rng, x, train=False))(x, rng)
 
 
 def student_from_teacher(student_model, teacher_variables: dict,
-                         sample: np.ndarray, seed: int) -> dict:
+                         sample: np.ndarray, seed: int | jax.Array) -> dict:
   """The student's starting variables: the teacher's, plus LSQ step sizes.
 
   Every kernel and BatchNorm statistic is the teacher's; every step size is
