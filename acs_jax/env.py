@@ -94,6 +94,17 @@ def configure_jax() -> None:
   jax.config.update("jax_threefry_partitionable", False)
 
 
+def check_configured() -> None:
+  """RuntimeError unless `configure_jax` ran: the random streams of a
+  config + seed depend on it (python -m acs_jax.main / sweep call it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_threefry_partitionable:
+    raise RuntimeError(
+        "jax_threefry_partitionable is on, so this run's random streams would "
+        "differ from those of the same config and seed run by python -m "
+        "acs_jax.main: call acs_jax.env.configure_jax() first")
+
+
 class _DropLibraryInfo:
   """absl-logging filter: INFO lines of chatty libraries (orbax) are dropped."""
   _NOISY = (os.sep + "orbax" + os.sep,)

@@ -1,7 +1,8 @@
 """Entry point: python -m acs_jax.main --config=configs/r18_w2.py --workdir=DIR
 
-Kept short on purpose: flags, TensorFlow off the GPUs, optional multi-host
-initialisation, device logging, then `train.train_and_evaluate`.
+Kept short on purpose: flags, the process set-up (TensorFlow off the GPUs,
+jax's settings, log filters), optional multi-host initialisation, device
+logging, then `train.train_and_evaluate`.
 """
 import os
 import sys
@@ -81,7 +82,9 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  env.hide_gpus_from_tensorflow()
+  env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
+  env.configure_jax()
+  env.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top
   from acs_jax import checkpoint, sharding, train  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(FLAGS.distributed)

@@ -268,12 +268,10 @@ def check_coreset_sizes(runs: Sequence[Run]) -> None:
   from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
   dataset_of = {}
   for run in runs:
-    key = json.dumps(train.data_config(run.config.data), sort_keys=True,
-                     default=str)
+    key = config_lib.data_options(run.config.data)  # hashable, typed
     if key not in dataset_of:
       try:
-        dataset_of[key] = datasets.load_dataset(
-            config_lib.data_options(run.config.data))
+        dataset_of[key] = datasets.load_dataset(key)
       except ValueError as e:  # The data module names the field already.
         raise ConfigError(str(e)) from None
     try:
@@ -620,6 +618,7 @@ def main(argv):
   from acs_jax import checkpoint, env  # pylint: disable=g-import-not-at-top
   env.hide_gpus_from_tensorflow()
   env.configure_jax()
+  env.quiet_library_logs()
   workdir = os.path.expanduser(flags.FLAGS.workdir)
   try:
     if sweep_section(flags.FLAGS.config).compilation_cache:

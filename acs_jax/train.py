@@ -515,9 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Runs the teacher and the QAT stage; returns the summary dict."""
   config_lib.validate(config)
   workdir_lib.check(workdir)
-  env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
-  env.configure_jax()
-  env.quiet_library_logs()
+  env.check_configured()  # process set-up belongs to the entry points
   mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
   for field in ("teacher.batch_size", "train.batch_size"):

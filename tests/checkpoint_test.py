@@ -55,7 +55,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
   # epochs 1 and 2 exist, the selection at epoch 2 has just been made.
   p = subprocess.run(
       [sys.executable, os.path.join(HERE, "resume_worker.py"), workdir, "2",
-       "3"], capture_output=True, text=True, timeout=600, check=False)
+       "3"], capture_output=True, text=True, timeout=1200, check=False)
   assert p.returncode == -9, p.stderr[-3000:]
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "train", "latest",

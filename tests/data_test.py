@@ -12,6 +12,7 @@ from PIL import Image
 
 from acs_jax import data
 from acs_jax.data import datasets
+from acs_jax.data import sources
 
 
 def _cfg(**kwargs):
@@ -407,5 +408,5 @@ def test_tfds_tfrecord_imagenet_says_array_record_is_needed(tmp_path):
   builder.info.file_format = mock.Mock(value="tfrecord")
   builder.data_dir_root = str(tmp_path)
   with pytest.raises(ValueError, match=r"'tfrecord' format.*array_record"):
-    datasets._load_tfds_random_access(builder, "imagenet2012", None,
+    sources._load_tfds_random_access(builder, "imagenet2012", None,
                                       "config.data.data_dir")

@@ -47,6 +47,25 @@ def test_opt_out_and_unknown_jaxlib_add_nothing(jaxlib_0_10, monkeypatch):
 
 
 def test_this_test_session_runs_with_the_defaults():
-  # conftest sets them before jax starts, as the entry points do.
-  for flag in env.default_xla_flags():
-    assert flag in os.environ["XLA_FLAGS"].split()
+  # conftest sets them before jax starts, as the entry points do: the flags
+  # of the installed jaxlib (none outside the measured versions) are there.
+  low, high = env._XLA_CPU_DEFAULTS_JAXLIB
+  version = env._jaxlib_version()
+  want = ([f"--{k}={v}" for k, v in env.XLA_CPU_DEFAULTS.items()]
+          if version is not None and low <= version < high
+          and os.environ.get(env.XLA_DEFAULTS_ENV, "1") != "0" else [])
+  assert env.default_xla_flags() == want
+  flags = os.environ["XLA_FLAGS"].split()
+  assert all(flag in flags for flag in want), (want, flags)
+
+
+def test_a_run_without_the_process_setup_is_refused():
+  import jax  # pylint: disable=g-import-not-at-top
+  env.check_configured()  # conftest configured this session
+  jax.config.update("jax_threefry_partitionable", True)
+  try:
+    with pytest.raises(RuntimeError, match="call acs_jax.env.configure_jax"):
+      env.check_configured()
+  finally:
+    env.configure_jax()
+  env.check_configured()

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from acs_jax import sweep, train
+from acs_jax import rngs, sweep, train
 from acs_jax.data import datasets, input_pipeline
 from acs_jax.pretrained import convert
 from data_test import write_fake_imagenet_tars
@@ -112,8 +112,8 @@ class _RecordingSource:
 
 def _record_training_reads(monkeypatch):
   """Logs the training records read, tagged ("train", epoch) during a
-  student epoch (seed >= 1000), "score" while scoring the training split,
-  "other" otherwise (teacher epochs, calibration batch)."""
+  student epoch (its data stream's seed), "score" while scoring the training
+  split, "other" otherwise (teacher epochs, calibration batch)."""
   phase, log = {"now": "load"}, []
   load, make_train, make_eval = (datasets.load_dataset,
                                  input_pipeline.make_train_iterator,
@@ -125,7 +125,8 @@ def _record_training_reads(monkeypatch):
         ds, train_source=_RecordingSource(ds.train_source, phase, log))
 
   def train_iterator(dataset, indices, **kw):
-    phase["now"] = ("train", kw["epoch"]) if kw["seed"] >= 1000 else "other"
+    student = kw["seed"] == rngs.host_seed(0, "student_data")  # config.seed 0
+    phase["now"] = ("train", kw["epoch"]) if student else "other"
     return make_train(dataset, indices, **kw)
 
   def eval_iterator(dataset, split, **kw):

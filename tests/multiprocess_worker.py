@@ -92,6 +92,7 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from acs_jax import env  # pylint: disable=g-import-not-at-top
   env.hide_gpus_from_tensorflow()
+  env.configure_jax()
   from acs_jax import train  # pylint: disable=g-import-not-at-top
   from acs_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 

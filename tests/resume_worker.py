@@ -15,7 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from acs_jax import env  # noqa: E402
 env.set_xla_defaults()  # as the in-process run it is compared with
 env.hide_gpus_from_tensorflow()
+env.configure_jax()
 
+from acs_jax import rngs  # noqa: E402
 from acs_jax import train  # noqa: E402
 import checkpoint_test  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -24,11 +26,13 @@ def main():
   workdir, kill_epoch, kill_step = sys.argv[1], int(sys.argv[2]), int(
       sys.argv[3])
   original = train.input_pipeline.make_train_iterator
+  student_seed = rngs.host_seed(checkpoint_test.resume_config().seed,
+                                "student_data")
 
   def killing_iterator(dataset, indices, **kw):
     it = original(dataset, indices, **kw)
-    if kw.get("epoch") != kill_epoch or kw.get("seed", 0) < 1000:
-      return it  # teacher stage (seed < 1000) or another epoch
+    if kw.get("epoch") != kill_epoch or kw.get("seed") != student_seed:
+      return it  # the teacher stage, the calibration batch or another epoch
 
     def gen():
       for i, batch in enumerate(it):

@@ -267,7 +267,7 @@ def test_local_devices_script(tmp_path):
   p = subprocess.run(
       ["bash", script, "2", "--dry-run", "--config=configs/quickstart.py",
        f"--workdir={tmp_path}/w"], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=60, check=False)
+      text=True, timeout=900, check=False)
   assert p.returncode == 0, p.stderr
   assert "--xla_force_host_platform_device_count=2" in p.stdout
   assert "JAX_PLATFORMS=cpu" in p.stdout
@@ -275,11 +275,11 @@ def test_local_devices_script(tmp_path):
   assert not os.path.exists(tmp_path / "w")
   # A real (cheap) invocation: the 2 devices exist in the launched process.
   p = subprocess.run(["bash", script, "2", "--check-devices"], cwd=ROOT,
-                     env=env, capture_output=True, text=True, timeout=120,
+                     env=env, capture_output=True, text=True, timeout=900,
                      check=False)
   assert p.returncode == 0, p.stderr
   assert "2 cpu devices" in p.stdout
   # Bad N: a clear message, non-zero.
   p = subprocess.run(["bash", script, "zero"], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=60, check=False)
+                     capture_output=True, text=True, timeout=900, check=False)
   assert p.returncode != 0 and "N" in p.stderr

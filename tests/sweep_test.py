@@ -121,7 +121,7 @@ def test_sweep_cli_end_to_end_one_teacher_reports_and_resume(tmp_path, capsys,
          "--config=configs/sweep_r20_cifar10.py", f"--workdir={workdir}",
          *flags]
   p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                     timeout=600, check=False)
+                     timeout=1200, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   names = ["full_f1.0_s0", "random_f0.25_s0", "random_f0.5_s0"]
   assert [line.split(":")[0] for line in p.stdout.splitlines()
