@@ -148,6 +148,20 @@ def load_teacher(directory: str, like: Any, expect: dict) -> tuple[Any, dict]:
 # Run checkpoints: train state + selector state at epoch boundaries.
 
 
+def read_state(step_dir: str) -> dict:
+  """The train state saved in one step directory of a RunCheckpointer
+  (`<stage dir>/{latest,best}/<epoch>`), as saved (no target tree needed).
+
+  Raises CheckpointError when it is missing, corrupt or incomplete.
+  """
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(os.path.join(step_dir, "state"))
+  except Exception as e:  # orbax raises many types for damaged files.
+    raise CheckpointError(f"checkpoint {step_dir} could not be restored "
+                          f"(corrupt or incomplete): {_cause(e)}") from None
+
+
 class RunCheckpointer:
   """Epoch-boundary checkpoints of one training stage, for resuming.
 

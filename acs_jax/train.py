@@ -315,7 +315,7 @@ def resolve_normalization(dataset, requested: str, teacher_meta: dict | None,
                              std=tuple(map(float, stats[1])))
 
 
-def _normalization_name(config, teacher_meta: dict | None) -> str:
+def normalization_name(config, teacher_meta: dict | None) -> str:
   """The name of the normalisation resolve_normalization chose."""
   if config.data.normalization != "auto":
     return config.data.normalization
@@ -396,7 +396,7 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
       teacher_dir, sharding.to_host(variables),
       {**meta, "test_top1": result["top1"], "mean": list(dataset.mean),
        "std": list(dataset.std),
-       "normalization": _normalization_name(config, loaded_meta), **info,
+       "normalization": normalization_name(config, loaded_meta), **info,
        **({"finetuned_from": os.path.abspath(source),
            "finetune_epochs": epochs} if source else {})})
   return variables, result, info

@@ -39,23 +39,14 @@ def build_model(name: str, *, num_classes: int, quant: QuantConfig,
     dropout: MobileNetV2 dropout before the classifier (default 0.2).
     dtype: compute dtype name, "float32" or "bfloat16".
   """
-  if name not in MODELS:
-    raise ValueError(f"config.model.name={name!r} is unknown; valid choices: "
-                     f"{', '.join(MODELS)}")
-  if dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype={dtype!r} is unknown; valid "
-                     f"choices: {', '.join(DTYPES)}")
-  if block not in BLOCKS:
-    raise ValueError(f"config.model.block={block!r} is unknown; valid "
-                     f"choices: {', '.join(BLOCKS)}")
   if stem == "auto":
     stem = "imagenet" if image_size >= 64 else "cifar"
-  if stem not in STEMS:
-    raise ValueError(f"config.model.stem={stem!r} is unknown; valid choices: "
-                     f"auto, {', '.join(STEMS)}")
-  if shortcut not in SHORTCUTS:
-    raise ValueError(f"config.model.shortcut={shortcut!r} is unknown; valid "
-                     f"choices: {', '.join(SHORTCUTS)}")
+  for field, value, valid in (("name", name, MODELS), ("dtype", dtype, DTYPES),
+                              ("block", block, BLOCKS), ("stem", stem, STEMS),
+                              ("shortcut", shortcut, SHORTCUTS)):
+    if value not in valid:
+      raise ValueError(f"config.model.{field}={value!r} is unknown; valid "
+                       f"choices: {', '.join(valid)}")
   kw = dict(num_classes=num_classes, quant=quant, dtype=DTYPES[dtype])
   if name == "mobilenetv2":
     return MobileNetV2(width_mult=width_mult,

@@ -98,13 +98,17 @@ class Shortcut(nn.Module):
     return batch_norm(train)(x)
 
 
-class BasicBlock(nn.Module):
-  """Standard ResNet basic block with quantized 3x3 convs."""
+class _Block(nn.Module):
+  """The fields both residual blocks share."""
   features: int
   strides: int
   quant: QuantConfig
   dtype: Any = jnp.float32
   shortcut: str = "projection"
+
+
+class BasicBlock(_Block):
+  """Standard ResNet basic block with quantized 3x3 convs."""
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -124,13 +128,8 @@ class BasicBlock(nn.Module):
     return nn.relu(y + s)
 
 
-class OfficialBlock(nn.Module):
+class OfficialBlock(_Block):
   """The official implementation's block (see module docstring)."""
-  features: int
-  strides: int
-  quant: QuantConfig
-  dtype: Any = jnp.float32
-  shortcut: str = "projection"
 
   @nn.compact
   def __call__(self, x, train: bool):
