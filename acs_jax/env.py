@@ -25,8 +25,9 @@ def hide_gpus_from_tensorflow() -> None:
     pass
 
 
-# XLA:CPU flags set by default, each measured with
-# `python -m acs_jax.bench --levers` (README, "Speed"). Only for the jaxlib
+# XLA:CPU flags set by default, each measured against XLA's own defaults
+# (docs/xla_cpu.md; re-check on a new jaxlib with `python tools/probe_xla.py
+# flags -- --block official --bits w2a2`). Only for the jaxlib
 # versions they were measured on: XLA aborts on a flag it does not know.
 #  - YNNPACK's convolutions off (XLA's own Eigen convolutions instead): the
 #    weight-gradient convolutions of YNNPACK dominated the ResNet-18 QAT step;
@@ -35,7 +36,7 @@ XLA_CPU_DEFAULTS = {
     "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
 }
 _XLA_CPU_DEFAULTS_JAXLIB = ((0, 10, 0), (0, 11, 0))  # [low, high)
-# Set to 0 to keep XLA's own defaults (the benchmark's "XLA defaults" lever).
+# Set to 0 to keep XLA's own defaults (what tools/probe_xla.py compares).
 XLA_DEFAULTS_ENV = "ACS_JAX_XLA_DEFAULTS"
 
 

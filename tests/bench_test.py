@@ -1,132 +1,176 @@
-"""Tests of the speed benchmark's plumbing (never of its speed).
+"""The speed benchmark's plumbing, never its speed (no wall-clock bounds).
 
-The --smoke path (tiny model, one rep, extrapolated selection) runs
-in-process and must write JSON with every field the full benchmark reports.
+A tiny model (resnet_tiny) at small batches runs every case once through the
+command line; the other tests check that what is timed IS what training
+runs: train.Runner's jitted step and the scorer score_dataset calls.
 """
 import json
-import numbers
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from acs_jax import bench
+from acs_jax import bench, sharding, steps, train
+from acs_jax.coreset import scores as scores_lib
 
-CASE_FIELDS = {
-    "name": str, "kind": str, "model": str, "block": str, "bits": str,
-    "batch": int, "reps": int, "images_per_s": dict, "step_s": dict,
-    "lower_s": numbers.Real, "compile_s": numbers.Real,
-    "gflops_per_image": numbers.Real, "achieved_gflops": numbers.Real,
-    "pct_of_ceiling": numbers.Real, "cpu_s_per_call": numbers.Real,
-    "minor_faults_per_call": int, "hlo": dict,
-}
-# Present on every case, null where they do not apply (loss of a score
-# case, references of a model the reference never ran).
-NULLABLE_FIELDS = ("loss", "teacher", "reference_images_per_s",
-                   "ratio_to_reference", "analytic_gflops_per_image",
-                   "loadavg_1m")
-MACHINE_FIELDS = ("platform", "device_kind", "devices", "cpu_count",
-                  "jax_version", "jaxlib_version", "xla_flags")
-SELECTION_FIELDS = ("num_samples", "scoring_s", "selection_s", "total_s",
-                    "extrapolated", "coreset_size", "coreset_epoch_s",
-                    "full_epoch_s", "ratio_to_coreset_epoch",
-                    "ratio_to_full_epoch")
+TINY = ["--model", "resnet_tiny", "--batch", "16", "--score_batch", "32",
+        "--quick"]
+TINY_SPEC = bench.Spec(model="resnet_tiny", batch=16, score_batch=32, steps=2,
+                       warmup=1, quick=True)
+
+
+def _cache_size(jitted) -> int:
+  """Executables in a jax.jit object's cache (1: no second compile)."""
+  return jitted._cache_size()  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "bench.json"
-  result = bench.main(["--smoke", "--out", str(out)])
+  result = bench.main(TINY + ["--out", str(out)])
   with open(out) as f:
-    written = json.load(f)
-  return result, written
+    return result, json.load(f)
 
 
-def test_smoke_writes_every_field(smoke):
-  _, d = smoke
-  assert d["mode"] == "smoke"
-  assert d["mode_changes"]  # says what the smoke path changes
-  for k in MACHINE_FIELDS:
-    assert k in d["machine"], k
-  assert d["ceiling"]["median_gflops"] > 0
-  assert d["cases"], "no case ran"
-  kinds = {(c["kind"], c.get("teacher")) for c in d["cases"]}
-  assert {("train", "forward"), ("train", None), ("score", "cached"),
-          ("score", "forward")} <= kinds
-  for c in d["cases"]:
-    for k, t in CASE_FIELDS.items():
-      assert isinstance(c[k], t), (c["name"], k, c[k])
-    for k in NULLABLE_FIELDS:
-      assert k in c, (c["name"], k)
-    for k in ("median", "min", "max"):
-      assert c["images_per_s"][k] > 0
-      assert c["step_s"][k] > 0
-    assert c["images_per_s"]["min"] <= c["images_per_s"]["median"] <= \
-        c["images_per_s"]["max"]
-    assert c["gflops_per_image"] > 0
-    assert c["hlo"]["kernels"] > 0
+@pytest.fixture(scope="module")
+def ctx():
+  return bench.Context(TINY_SPEC, jax.devices()[0])
 
 
-def test_smoke_selection_and_targets(smoke):
-  _, d = smoke
-  sel = d["selection"]
-  for k in SELECTION_FIELDS:
-    assert k in sel, k
-  assert sel["extrapolated"] is True and "extrapolation" in sel
-  assert sel["num_samples"] == 50_000
-  assert sel["coreset_size"] == 5_000
-  assert sel["scoring_s"] > 0 and sel["total_s"] >= sel["scoring_s"]
-  names = [t["name"] for t in d["targets"]]
-  assert names == ["qat_kd_step", "score_pass", "reselection"]
-  for t in d["targets"]:
-    assert t["status"] in ("PASS", "MISS", "NOT_RUN")
-  # The tiny model has no reference: the ResNet-18 targets are not run.
-  assert d["targets"][0]["status"] == "NOT_RUN"
-
-
-def test_smoke_returns_what_it_wrote(smoke):
+def test_every_case_is_reported(smoke):
   result, written = smoke
-  assert json.loads(json.dumps(result, default=bench._json_default)) == \
-      written
+  assert written == json.loads(json.dumps(result))
+  m = written["machine"]
+  for k in ("cpu_model", "device_kind", "jax", "jaxlib", "date_utc",
+            "loadavg_1m_start", "loadavg_1m_end"):
+    assert m[k] not in (None, ""), k
+  assert written["peak"] is None  # CPU: no datasheet peak
+  assert [r["dtype"] for r in written["matmul"]] == ["float32"]
+  assert written["matmul"][0]["gflops"]["median"] > 0
+  assert [c["case"] for c in written["cases"]] == list(bench.STEP_CASES)
+  for c in written["cases"]:
+    assert c["step_s"]["min"] <= c["step_s"]["median"] <= c["step_s"]["max"]
+    assert c["images_per_s"]["median"] == pytest.approx(
+        c["batch"] / c["step_s"]["median"])
+    assert c["compile_s"] > 0 and c["lower_s"] > 0
+    assert c["gflop_per_image"] > 0 and c["pct_of_matmul"] > 0
+    assert c["achieved_gflops"] == pytest.approx(
+        c["gflop_per_image"] * c["images_per_s"]["median"])
+    assert c["mfu_pct"] is None
+  assert written["peak_rss_mb"] >= written["rss_after_import_mb"] > 0
 
 
-def test_reference_matches_bits_and_block_only():
-  ref, _ = bench.reference_for(
-      bench.train_case("resnet18", "official", "w2a2", "kd", 128))
-  assert ref == 22.7
-  assert bench.reference_for(
-      bench.train_case("resnet18", "basic", "w2a2", "kd", 128))[0] is None
-  assert bench.reference_for(
-      bench.train_case("resnet20", "official", "w2a2", "kd", 128))[0] is None
-  assert bench.reference_for(
-      bench.score_case("resnet18", "basic", "w2", "cached", 256))[0] == 51.5
+def test_flops_follow_what_each_step_computes(smoke):
+  # XLA's counts: KD adds the teacher's forward to the CE step, and a
+  # forward-only score pass costs less per image than any train step.
+  g = {c["case"]: c["gflop_per_image"] for c in smoke[1]["cases"]}
+  assert g["train_kd"] > g["train_ce"]
+  assert g["score"] < min(g["train_ce"], g["train_fp"])
 
 
-def test_hlo_stats_counts_fused_rounds():
-  def f(x, w):
-    q = jnp.clip(jnp.round(x / 0.1), -2, 1) * 0.1
-    return jnp.tanh(q @ w).sum()
-
-  text = jax.jit(f).lower(jnp.ones((8, 8)), jnp.ones((8, 8))).compile() \
-      .as_text()
-  s = bench.hlo_stats(text)
-  assert s["kernels"] >= 1
-  assert s["dots_total"] == 1
-  assert s["round_ops_total"] >= 1
-
-
-def test_targets_status():
-  assert bench._status(None, 1.0, True) == "NOT_RUN"
-  assert bench._status(1.2, 1.0, True) == "PASS"
-  assert bench._status(3.5, 3.0, False) == "MISS"
+def test_reselection_in_epochs(smoke):
+  (r,) = smoke[1]["reselection"]
+  assert r["extrapolated"] and r["scored_samples"] == 2 * 32
+  assert r["num_samples"] == 50_000 and r["coreset_size"] == 5_000
+  kd = smoke[1]["cases"][0]
+  assert r["train_case"] == "train_kd"
+  assert r["coreset_epoch_s"] == pytest.approx(
+      5_000 // 16 * kd["step_s"]["median"])
+  assert r["full_epoch_s"] == pytest.approx(
+      50_000 // 16 * kd["step_s"]["median"])
+  assert r["total_s"] == pytest.approx(r["scoring_s"] + r["selection_s"])
+  assert r["coreset_epochs"] == pytest.approx(
+      r["total_s"] / r["coreset_epoch_s"])
+  assert r["scoring_s"] == pytest.approx(
+      r["scoring_measured_s"] * 1563 / 2)  # ceil(50000 / 32) batches
 
 
-def test_budget_skips_the_tail(tmp_path):
-  # The first case always runs; once the budget is spent the rest are
-  # listed as skipped instead of run.
-  result = bench.main(["--smoke", "--budget_s", "0.001", "--no_selection",
-                       "--out", str(tmp_path / "b.json")])
-  assert len(result["cases"]) == 1
-  assert result["skipped"]
-  assert all("budget" in s["reason"] for s in result["skipped"])
-  assert result["selection"] is None
+def test_report_names_the_machine_and_every_case(smoke):
+  text = bench.format_report(smoke[0])
+  assert smoke[0]["machine"]["cpu_model"] in text
+  for case in bench.STEP_CASES:
+    assert f"\n{case} " in text
+  assert "epochs of the 5000-sample coreset" in text
+
+
+def test_times_the_runners_own_train_step(ctx):
+  runner, tx = ctx.runner("float32", "train_kd")
+  assert isinstance(runner, train.Runner)
+  prep = bench.prepare(ctx, "train_kd", "float32")
+  assert prep.jitted is runner.train_step
+  prep.jitted.lower(*prep.args).compile()
+  metrics = jax.device_get(prep.call())
+  # The jit cache held the ahead-of-time executable: the call used it.
+  assert _cache_size(runner.train_step) == 1
+  # The same step built independently, as train.py's QAT stage builds it.
+  _, schedule = steps.make_optimizer(ctx.config.train, 50_000 // 16,
+                                     step_size_lr_mult=0.1)
+  other = train.Runner(ctx.model("float32", False), ctx.mesh, loss="kd",
+                       kd_alpha=0.5, lr_schedule=schedule,
+                       teacher_model=ctx.model("float32", True))
+  v = ctx.variables("float32", False)
+  state = sharding.replicate(steps.TrainState.create(
+      apply_fn=other.model.apply, params=v["params"], tx=tx,
+      batch_stats=v["batch_stats"]), ctx.mesh)
+  _, want = other.train_step(
+      state, sharding.host_to_global(bench._batch(16), ctx.mesh),
+      jax.random.key(0),
+      sharding.replicate(ctx.variables("float32", True), ctx.mesh))
+  want = jax.device_get(want)
+  for k in ("loss", "accuracy", "correct"):
+    np.testing.assert_array_equal(metrics[k], want[k])
+
+
+def test_times_the_scorer_that_score_dataset_runs(ctx):
+  runner, _ = ctx.runner("float32", "train_kd")
+  prep = bench.prepare(ctx, "score", "float32")
+  rec = bench.run_case(ctx, "score", "float32",
+                       peak={"float32": 2.0}, ceiling=50.0)
+  assert _cache_size(prep.jitted) == 1
+  labels = np.arange(64, dtype=np.int32) % 10
+  out = scores_lib.score_dataset(
+      runner.score_fn, ctx.variables("float32", False),
+      bench._score_batches(64, 32, bench._images(32), labels), 64, ctx.mesh,
+      teacher_probs=bench._probs(64, 0))
+  assert out["evs"].shape == (64,) and np.isfinite(out["ds"]).all()
+  # score_dataset found the benchmark's executable: no second compile.
+  assert _cache_size(prep.jitted) == 1
+  assert rec["pct_of_matmul"] == pytest.approx(
+      100 * rec["achieved_gflops"] / 50.0)
+  assert rec["mfu_pct"] == pytest.approx(
+      100 * rec["achieved_gflops"] / 2000.0)
+
+
+@pytest.mark.parametrize("kind,name", [
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM"),
+    ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe"),
+    ("NVIDIA H200", "NVIDIA H200 SXM"),
+    ("NVIDIA A100-SXM4-40GB", "NVIDIA A100"),
+    ("Tesla T4", "NVIDIA T4"),
+    ("TPU v5 lite", "TPU v5e"),
+    ("TPU v4", "TPU v4"),
+    ("NVIDIA L40S", None),  # not an L4
+    ("NVIDIA GeForce RTX 4090", None),
+    ("cpu", None),
+])
+def test_peak_by_device_kind(kind, name):
+  peak = bench.peak_for(kind)
+  assert (peak and peak["name"]) == name
+  if peak:
+    assert peak["float32"] > 0 and peak["source"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--cases", "train_kd,nope"], "--cases=train_kd,nope: valid cases: "
+                                   "matmul, train_kd, train_ce"),
+    (["--batch", "0"], "argument --batch: '0': not an integer >= 1"),
+    (["--bits", "w9"], "--bits=w9: "),
+    (["--model", "resnet99"], "argument --model: invalid choice"),
+])
+def test_bad_flags_exit_2(capsys, argv, message):
+  with pytest.raises(SystemExit) as e:
+    bench.parse_args(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1, err
+  assert message in err

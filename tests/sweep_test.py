@@ -9,7 +9,7 @@ import sys
 import ml_collections
 import pytest
 
-from acs_jax import config_lib, sweep
+from acs_jax import config_lib, sweep, sweep_report
 from tiny_configs import tiny_config
 
 
@@ -194,7 +194,7 @@ def test_markdown_mean_and_std_over_seeds():
            "teacher_trained_here": s == 0, "seconds_teacher": 10.0,
            "seconds_select": 1.0, "seconds_train": 2.0, "seconds_eval": 3.0}
           for s, a in ((0, 0.70), (1, 0.72))]
-  md = sweep.markdown_table(rows)
+  md = sweep_report.markdown_table(rows)
   assert ("| acs | 0.1 | 2 | 71.00 ± 1.41 | 71.00 ± 1.41 | 1 ± 0 | 2 ± 0 "
           "| 3 ± 0 |") in md
   assert "test top-1 90.00 %" in md
