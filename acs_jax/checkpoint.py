@@ -11,10 +11,39 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from acs_jax import sharding
+
+
+# Fields that may change between a run and its resumption.
+_RESUMABLE_FIELDS = ("checkpoint.", "log_every_steps", "train.eval_batch_size",
+                     "coreset.score_batch_size", "data.data_dir",
+                     "data.manual_dir", "data.path")
+
+
+# What the teacher stage depends on: a student-only change (QAT, coreset,
+# quantization) never invalidates a finished or half-trained teacher.
+_TEACHER_FIELDS = ("seed", "data.", "model.", "teacher.")
+
+
+def config_fingerprint(config: ml_collections.ConfigDict,
+                       stage: str = "train") -> dict:
+  """Flat {"a.b": value} of every field that a resumed `stage` must share."""
+  flat = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, ml_collections.ConfigDict):
+        walk(v, key + ".")
+      elif not key.startswith(_RESUMABLE_FIELDS) and (
+          stage != "teacher" or key.startswith(_TEACHER_FIELDS)):
+        flat[key] = list(v) if isinstance(v, tuple) else v
+  walk(config, "")
+  return flat
 
 
 class CheckpointError(ValueError):

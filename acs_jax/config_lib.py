@@ -6,9 +6,11 @@ one message that names the field and its valid values.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
+import numpy as np
 
 from acs_jax import models
 from acs_jax import quant
@@ -255,3 +257,53 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"be < config.train.epochs={config.train.epochs}")
   _positive(config.checkpoint.every_epochs, "checkpoint.every_epochs")
   _positive(config.checkpoint.keep, "checkpoint.keep")
+
+
+# ---------------------------------------------------------------------------
+# Resolved against the teacher: the input normalisation.
+
+
+def resolve_normalization(dataset, requested: str, teacher_meta: dict | None,
+                          source: str = ""):
+  """The dataset with the input normalisation the run must use.
+
+  "auto": the teacher's recorded normalisation if it has one, else the
+  dataset's own statistics; "dataset" or a name of datasets.NORMALIZATIONS:
+  exactly that, refused (ConfigError) when the teacher was trained with
+  another.
+  """
+  recorded = None
+  if teacher_meta and "mean" in teacher_meta:
+    recorded = (tuple(teacher_meta["mean"]), tuple(teacher_meta["std"]))
+  if requested == "auto":
+    stats = recorded or (dataset.mean, dataset.std)
+  elif requested == "dataset":
+    stats = (dataset.mean, dataset.std)
+  else:
+    stats = datasets.NORMALIZATIONS[requested]
+  if len(stats[0]) != dataset.image_shape[-1]:
+    raise ConfigError(
+        f"config.data.normalization={requested!r} has {len(stats[0])} "
+        f"channels, the data {dataset.image_shape[-1]}")
+  if recorded is not None and not np.allclose(stats, recorded, atol=1e-6):
+    raise ConfigError(
+        f"config.data.normalization={requested!r} (mean "
+        f"{_fmt(stats[0])}, std {_fmt(stats[1])}) contradicts the teacher "
+        f"{source}, trained with mean {_fmt(recorded[0])}, std "
+        f"{_fmt(recorded[1])} ({teacher_meta.get('normalization', 'its own')})"
+        "; use 'auto' to take the teacher's")
+  return dataclasses.replace(dataset, mean=tuple(map(float, stats[0])),
+                             std=tuple(map(float, stats[1])))
+
+
+def normalization_name(config, teacher_meta: dict | None) -> str:
+  """The name of the normalisation resolve_normalization chose."""
+  if config.data.normalization != "auto":
+    return config.data.normalization
+  if teacher_meta and "mean" in teacher_meta:
+    return teacher_meta.get("normalization", "teacher")
+  return "dataset"
+
+
+def _fmt(values) -> str:
+  return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

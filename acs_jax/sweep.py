@@ -275,14 +275,14 @@ def check_coreset_sizes(runs: Sequence[Run]) -> None:
 def _config_differences(run_dir: str, config: ml_collections.ConfigDict
                         ) -> list[str]:
   """Fields where a finished run's config.json differs from the plan."""
-  from acs_jax import train  # pylint: disable=g-import-not-at-top
+  from acs_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    saved = train.config_fingerprint(
+    saved = ckpt_lib.config_fingerprint(
         ml_collections.ConfigDict(json.load(f)))
-  planned = json.loads(json.dumps(train.config_fingerprint(config),
+  planned = json.loads(json.dumps(ckpt_lib.config_fingerprint(config),
                                   default=str))
   return sorted(k for k in set(saved) | set(planned)
                 if saved.get(k) != planned.get(k))

@@ -14,7 +14,6 @@ config.json and summary.json.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -282,52 +281,6 @@ def teacher_source(config, workdir: str) -> str:
   return config.teacher.checkpoint
 
 
-def resolve_normalization(dataset, requested: str, teacher_meta: dict | None,
-                          source: str = ""):
-  """The dataset with the input normalisation the run must use.
-
-  "auto": the teacher's recorded normalisation if it has one, else the
-  dataset's own statistics; "dataset" or a name of datasets.NORMALIZATIONS:
-  exactly that, refused (ConfigError) when the teacher was trained with
-  another.
-  """
-  recorded = None
-  if teacher_meta and "mean" in teacher_meta:
-    recorded = (tuple(teacher_meta["mean"]), tuple(teacher_meta["std"]))
-  if requested == "auto":
-    stats = recorded or (dataset.mean, dataset.std)
-  elif requested == "dataset":
-    stats = (dataset.mean, dataset.std)
-  else:
-    stats = datasets.NORMALIZATIONS[requested]
-  if len(stats[0]) != dataset.image_shape[-1]:
-    raise ConfigError(
-        f"config.data.normalization={requested!r} has {len(stats[0])} "
-        f"channels, the data {dataset.image_shape[-1]}")
-  if recorded is not None and not np.allclose(stats, recorded, atol=1e-6):
-    raise ConfigError(
-        f"config.data.normalization={requested!r} (mean "
-        f"{_fmt(stats[0])}, std {_fmt(stats[1])}) contradicts the teacher "
-        f"{source}, trained with mean {_fmt(recorded[0])}, std "
-        f"{_fmt(recorded[1])} ({teacher_meta.get('normalization', 'its own')})"
-        "; use 'auto' to take the teacher's")
-  return dataclasses.replace(dataset, mean=tuple(map(float, stats[0])),
-                             std=tuple(map(float, stats[1])))
-
-
-def normalization_name(config, teacher_meta: dict | None) -> str:
-  """The name of the normalisation resolve_normalization chose."""
-  if config.data.normalization != "auto":
-    return config.data.normalization
-  if teacher_meta and "mean" in teacher_meta:
-    return teacher_meta.get("normalization", "teacher")
-  return "dataset"
-
-
-def _fmt(values) -> str:
-  return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
 def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
                   ckpt=None, source: str = ""):
   """Loads, fine-tunes or trains the FP teacher.
@@ -396,7 +349,7 @@ def teacher_stage(config, dataset, teacher_model, mesh, workdir, writer,
       teacher_dir, sharding.to_host(variables),
       {**meta, "test_top1": result["top1"], "mean": list(dataset.mean),
        "std": list(dataset.std),
-       "normalization": normalization_name(config, loaded_meta), **info,
+       "normalization": config_lib.normalization_name(config, loaded_meta), **info,
        **({"finetuned_from": os.path.abspath(source),
            "finetune_epochs": epochs} if source else {})})
   return variables, result, info
@@ -482,34 +435,6 @@ def student_stage(config, dataset, teacher_model, teacher_variables,
 # ---------------------------------------------------------------------------
 
 
-# Fields that may change between a run and its resumption.
-_RESUMABLE_FIELDS = ("checkpoint.", "log_every_steps", "train.eval_batch_size",
-                     "coreset.score_batch_size", "data.data_dir",
-                     "data.manual_dir", "data.path")
-
-
-# What the teacher stage depends on: a student-only change (QAT, coreset,
-# quantization) never invalidates a finished or half-trained teacher.
-_TEACHER_FIELDS = ("seed", "data.", "model.", "teacher.")
-
-
-def config_fingerprint(config: ml_collections.ConfigDict,
-                       stage: str = "train") -> dict:
-  """Flat {"a.b": value} of every field that a resumed `stage` must share."""
-  flat = {}
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, ml_collections.ConfigDict):
-        walk(v, key + ".")
-      elif not key.startswith(_RESUMABLE_FIELDS) and (
-          stage != "teacher" or key.startswith(_TEACHER_FIELDS)):
-        flat[key] = list(v) if isinstance(v, tuple) else v
-  walk(config, "")
-  return flat
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs the teacher and the QAT stage; returns the summary dict."""
@@ -535,7 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if teacher_meta is not None:  # refuse another model before any work
     ckpt_lib.check_teacher_meta(source, teacher_meta,
                                 _teacher_meta(config, dataset))
-  dataset = resolve_normalization(dataset, config.data.normalization,
+  dataset = config_lib.resolve_normalization(dataset, config.data.normalization,
                                   teacher_meta, source)
   check_batch_sizes(config, dataset, teacher_trains=not source or (
       source == config.teacher.checkpoint and config.teacher.finetune_epochs))
@@ -544,7 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   teacher_model, student_model = make(qc.as_float()), make(qc)
   ckpts = {stage: ckpt_lib.RunCheckpointer(
       os.path.join(workdir, "checkpoints", stage), keep=config.checkpoint.keep,
-      fingerprint=config_fingerprint(config, stage))
+      fingerprint=ckpt_lib.config_fingerprint(config, stage))
            for stage in ("teacher", "train")}
   for c in ckpts.values():  # refuse before writing anything
     c.check_compatible()

@@ -7,7 +7,7 @@
   WORKDIR/checkpoints/train/latest/<train.epochs>/state   ("last"), or
   WORKDIR/checkpoints/train/best/<epoch>/state            ("best"),
 and rebuilds the test set with the input normalisation the run used (the
-teacher's recorded one, as `train.resolve_normalization` chose it).
+teacher's recorded one, as `config_lib.resolve_normalization` chose it).
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def load_run(workdir: str, checkpoint: str = "last") -> Run:
     dataset = datasets.load_dataset(config_lib.data_options(config.data))
     source = train.teacher_source(config, workdir)
     teacher_meta = ckpt_lib.read_teacher_meta(source) if source else None
-    dataset = train.resolve_normalization(dataset, config.data.normalization,
+    dataset = config_lib.resolve_normalization(dataset, config.data.normalization,
                                           teacher_meta, source)
   except (ValueError, FileNotFoundError) as e:
     raise ExportError(f"the test set of the run in {workdir} cannot be "
@@ -168,4 +168,4 @@ def load_run(workdir: str, checkpoint: str = "last") -> Run:
   return Run(workdir=workdir, config=config, dataset=dataset, model=model,
              variables=variables, quant=qc, checkpoint=checkpoint,
              epoch=epoch, reported_top1=reported,
-             normalization=train.normalization_name(config, teacher_meta))
+             normalization=config_lib.normalization_name(config, teacher_meta))
