@@ -11,7 +11,7 @@ shortcuts and classifier in float.
 
 Data: TFDS cifar10 (prepared copy needed, no download at run time). For the
 local .npz copy:
-  --config.data.source=npz --config.data.path=../shared/data/cifar10/cifar10.npz
+  --config.data.source=npz --config.data.path=/path/to/cifar10.npz
 The teacher is trained first (config.teacher: 200 epochs, SGD lr 0.1, cosine)
 unless --config.teacher.checkpoint=DIR points at a saved one.
 

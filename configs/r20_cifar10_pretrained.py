@@ -1,12 +1,12 @@
 r"""ResNet-20 W2/A32 on CIFAR-10, QAT from He et al.'s pretrained ResNet-20.
 
   python -m acs_jax.pretrained.convert \
-      --checkpoint=../shared/models/cifar10_resnet/resnet20-12fca82f.th \
-      --out=teachers/resnet20_cifar10
+      --checkpoint=/path/to/resnet20-12fca82f.th \
+      --out=runs/teachers/resnet20_cifar10
   python -m acs_jax.main --config=configs/r20_cifar10_pretrained.py \
       --workdir=runs/r20_w2_acs \
-      --config.data.path=../shared/data/cifar10/cifar10.npz \
-      --config.teacher.checkpoint=teachers/resnet20_cifar10
+      --config.data.path=/path/to/cifar10.npz \
+      --config.teacher.checkpoint=runs/teachers/resnet20_cifar10
 
 The teacher is the real pretrained CIFAR-10 ResNet-20 (option-A shortcuts,
 ImageNet input normalisation, both recorded by the import and applied to
@@ -21,11 +21,11 @@ at chance (10.5 % after calibration) and a 10 % coreset reaches only 34-37 %
 after 10 epochs (lr 0.01, batch 128) or 36 % after 4 epochs (lr 0.02, batch
 32), against 84 % for W2 after 4 epochs (2026-12-01 pilot, docs/results/).
 
-Expected: the unmodified teacher scores 81.0 % on ../shared/data/cifar10 (a
+Expected: the unmodified teacher scores 81.0 % on the JPEG copy of CIFAR-10 (a
 JPEG q75 re-encoding of CIFAR-10; 91.7 % on the original pixels), measured
 with --config.teacher.finetune_epochs=0 --config.train.epochs=0. The QAT
 results and times of this recipe are the sweep's:
-configs/sweep_r20_w2a2_pretrained.py and docs/results/.
+configs/sweep_r20_w2_pretrained.py and docs/results/sweep_r20_w2/.
 """
 from acs_jax import config_lib
 

@@ -2,8 +2,8 @@ r"""Label-noise pair: random vs ACS at 10 % with 20 % symmetric label noise.
 
   python -m acs_jax.sweep --config=configs/sweep_r20_w2_noise.py \
       --workdir=runs/sweep_r20_w2_noise \
-      --config.data.path=../shared/data/cifar10/cifar10.npz \
-      --config.teacher.checkpoint=teachers/resnet20_cifar10
+      --config.data.path=/path/to/cifar10.npz \
+      --config.teacher.checkpoint=runs/teachers/resnet20_cifar10
 
 The recipe of configs/sweep_r20_w2_pretrained.py with 20 % of the training
 labels flipped (uniformly to another class; the test labels stay clean):

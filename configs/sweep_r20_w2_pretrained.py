@@ -1,12 +1,12 @@
 r"""Evidence sweep: W2 ResNet-20 on CIFAR-10 from the pretrained teacher.
 
   python -m acs_jax.pretrained.convert \
-      --checkpoint=../shared/models/cifar10_resnet/resnet20-12fca82f.th \
-      --out=teachers/resnet20_cifar10
+      --checkpoint=/path/to/resnet20-12fca82f.th \
+      --out=runs/teachers/resnet20_cifar10
   python -m acs_jax.sweep --config=configs/sweep_r20_w2_pretrained.py \
       --workdir=runs/sweep_r20_w2 \
-      --config.data.path=../shared/data/cifar10/cifar10.npz \
-      --config.teacher.checkpoint=teachers/resnet20_cifar10
+      --config.data.path=/path/to/cifar10.npz \
+      --config.teacher.checkpoint=runs/teachers/resnet20_cifar10
 
 The recipe of configs/r20_cifar10_pretrained.py (teacher: He et al.'s
 pretrained ResNet-20, fine-tuned 2 epochs on this JPEG copy of CIFAR-10 by
