@@ -14,6 +14,9 @@ blocked until ready; FLOPs from XLA's cost analysis. On GPU/TPU every case
 runs in float32 and bfloat16 with its MFU against the datasheet peak (PEAKS).
 No figure measured elsewhere is held here: compare with the official PyTorch
 code on one machine (tools/compare_official.py, docs/benchmark.md).
+
+About 510 lines: six cases, the accelerator peak table behind MFU, the
+machine record and the report; the investigation probes are tools/.
 """
 from __future__ import annotations
 

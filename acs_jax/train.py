@@ -11,6 +11,11 @@ selector runs at epoch 0 and every R epochs (ACS) or once after warm-up
 (one-shot baselines). Outputs in WORKDIR: metrics.jsonl, TensorBoard events
 (tb/), selections/ (indices and per-class counts of every selection),
 config.json and summary.json.
+
+About 530 lines, on purpose in one module: the two stages share the epoch
+loop (resume, divergence checks, per-phase timing, checkpoints), and the
+checks made before any work need both stages' view. The re-selection driver
+is coreset/schedule.py; the config checks are config_lib's.
 """
 from __future__ import annotations
 
