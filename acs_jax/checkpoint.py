@@ -215,12 +215,23 @@ class RunCheckpointer:
 
   def _manager(self, kind: str) -> ocp.CheckpointManager:
     if kind not in self._managers:
+      # orbax names its multi-host commit barrier after the step directory
+      # ("<prefix>_async_commit_complete.<step>"): without a prefix of its
+      # own, the "latest" and "best" saves of one epoch (and the two stages)
+      # share a barrier, and overlapping ones fail ("already ongoing").
       opts = ocp.CheckpointManagerOptions(
           max_to_keep=self._keep if kind == "latest" else 1, create=True,
-          enable_async_checkpointing=True)
+          enable_async_checkpointing=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=self.barrier_prefix(kind)))
       self._managers[kind] = ocp.CheckpointManager(
           os.path.join(self.directory, kind), options=opts)
     return self._managers[kind]
+
+  def barrier_prefix(self, kind: str) -> str:
+    """The multi-host barrier prefix of one manager: the same on every
+    process, distinct for every stage directory and kind."""
+    return f"{os.path.basename(self.directory)}_{kind}"
 
   def latest_epoch(self) -> int | None:
     """The newest complete checkpoint's epoch, without creating anything."""

@@ -142,3 +142,19 @@ def test_corrupt_checkpoint_is_refused_and_nothing_changes(uninterrupted,
     fh.write("{not json")
   with pytest.raises(ckpt_lib.CheckpointError, match="corrupt"):
     train.train_and_evaluate(resume_config(), workdir)
+
+
+def test_every_manager_has_its_own_multihost_barrier(tmp_path):
+  # The "latest" and "best" saves of one epoch run at once; orbax names its
+  # commit barrier after the step directory, so each manager needs a prefix
+  # of its own (two processes collided on "_async_commit_complete.1").
+  prefixes = []
+  for stage in ("teacher", "train"):
+    ckpt = ckpt_lib.RunCheckpointer(str(tmp_path / "checkpoints" / stage),
+                                    keep=1, fingerprint={})
+    for kind in ("latest", "best"):
+      options = ckpt._manager(kind)._options  # pylint: disable=protected-access
+      prefixes.append(options.multiprocessing_options.barrier_sync_key_prefix)
+    ckpt.close()
+  assert prefixes == ["teacher_latest", "teacher_best", "train_latest",
+                      "train_best"]
