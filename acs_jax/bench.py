@@ -100,6 +100,7 @@ class Spec:
   """What is benchmarked, and how long."""
   model: str = "resnet18"
   block: str = "basic"
+  shortcut: str = "projection"
   bits: str = "w2"
   batch: int = 128
   score_batch: int = 256
@@ -213,7 +214,7 @@ class Context:
   def model(self, dtype: str, fp: bool):
     return models.build_model(
         self.spec.model, num_classes=NUM_CLASSES, block=self.spec.block,
-        quant=self.qc.as_float() if fp else self.qc, dtype=dtype)
+        shortcut=self.spec.shortcut, quant=self.qc.as_float() if fp else self.qc, dtype=dtype)
 
   @functools.cache
   def variables(self, dtype: str, fp: bool) -> dict:
@@ -416,12 +417,6 @@ def format_report(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-  if not text.isdigit() or int(text) < 1:
-    raise argparse.ArgumentTypeError(f"{text!r}: not an integer >= 1")
-  return int(text)
-
-
 def parse_args(argv: Sequence[str]) -> tuple[Spec, list[str], str | None]:
   """Flags -> (Spec, cases, --out); a bad one exits with status 2."""
   p = argparse.ArgumentParser(
@@ -433,17 +428,23 @@ def parse_args(argv: Sequence[str]) -> tuple[Spec, list[str], str | None]:
   p.error = lambda m: p.exit(2, f"error: {m}\n")  # one line, as acs_jax.main
   p.add_argument("--model", default="resnet18", choices=models.MODELS)
   p.add_argument("--block", default="basic", choices=("basic", "official"))
+  p.add_argument("--shortcut", default="projection", choices=models.SHORTCUTS,
+                 help="zero_pad: He et al.'s CIFAR ResNets as pretrained")
   p.add_argument("--bits", default="w2", help="w2 (configs/r18_w2.py), "
                  "w2a2, w4a4, ...")
-  p.add_argument("--batch", type=_positive, default=128, help="train batch")
-  p.add_argument("--score_batch", type=_positive, default=256)
+  p.add_argument("--batch", type=int, default=128, help="train batch")
+  p.add_argument("--score_batch", type=int, default=256)
   p.add_argument("--cases", default=",".join(CASES),
                  help="comma-separated (default: all)")
-  p.add_argument("--steps", type=_positive, help="timed calls (5; --quick 2)")
+  p.add_argument("--steps", type=int, help="timed calls (5; --quick 2)")
   p.add_argument("--quick", action="store_true",
                  help="fewer calls, a smaller matmul, a shorter score pass")
   p.add_argument("--out", help="JSON file to write")
   a = p.parse_args(argv)
+  for flag in ("batch", "score_batch", "steps"):
+    value = getattr(a, flag)
+    if value is not None and value < 1:
+      p.error(f"--{flag}={value}: give a count >= 1")
   cases = [c for c in a.cases.split(",") if c]
   if not cases or set(cases) - set(CASES):
     p.error(f"--cases={a.cases}: valid cases: {', '.join(CASES)}")
@@ -451,7 +452,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Spec, list[str], str | None]:
     quant.parse_bits(a.bits)
   except ValueError as e:
     p.error(f"--bits={a.bits}: {e}")
-  spec = Spec(a.model, a.block, a.bits, a.batch, a.score_batch,
+  spec = Spec(a.model, a.block, a.shortcut, a.bits, a.batch, a.score_batch,
               a.steps or (2 if a.quick else 5), 1 if a.quick else 2, a.quick)
   return spec, cases, a.out
 

@@ -9,8 +9,9 @@ import json
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
-from acs_jax import bench, sharding, steps, train
+from acs_jax import bench, models, sharding, steps, train
 from acs_jax.coreset import scores as scores_lib
 
 TINY = ["--model", "resnet_tiny", "--batch", "16", "--score_batch", "32",
@@ -163,9 +164,11 @@ def test_peak_by_device_kind(kind, name):
 @pytest.mark.parametrize("argv,message", [
     (["--cases", "train_kd,nope"], "--cases=train_kd,nope: valid cases: "
                                    "matmul, train_kd, train_ce"),
-    (["--batch", "0"], "argument --batch: '0': not an integer >= 1"),
+    (["--batch", "0"], "--batch=0: give a count >= 1"),
+    (["--steps", "x"], "argument --steps: invalid int value: 'x'"),
     (["--bits", "w9"], "--bits=w9: "),
     (["--model", "resnet99"], "argument --model: invalid choice"),
+    (["--shortcut", "option_a"], "argument --shortcut: invalid choice"),
 ])
 def test_bad_flags_exit_2(capsys, argv, message):
   with pytest.raises(SystemExit) as e:
@@ -174,3 +177,21 @@ def test_bad_flags_exit_2(capsys, argv, message):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1, err
   assert message in err
+
+
+def _kernels(argv):
+  spec, _, _ = bench.parse_args(argv)
+  ctx = bench.Context(spec, jax.devices()[0])
+  v = models.init_variables(ctx.model("float32", True), (32, 32, 3), seed=0)
+  return spec, [k for k in traverse_util.flatten_dict(v["params"])
+                if k[-1] == "kernel"]
+
+
+def test_shortcut_flag_reaches_the_model():
+  # He et al.'s pretrained CIFAR ResNets use the zero-pad shortcut: the
+  # benchmark can time the network the pretrained recipe trains.
+  zero_spec, zero = _kernels(["--model", "resnet20", "--shortcut", "zero_pad"])
+  proj_spec, proj = _kernels(["--model", "resnet20"])
+  assert (zero_spec.shortcut, proj_spec.shortcut) == ("zero_pad", "projection")
+  # ResNet-20 changes shape twice (16 -> 32 -> 64 channels): two 1x1 convs.
+  assert len(proj) - len(zero) == 2

@@ -2,8 +2,21 @@
 
 Everything here must happen before jax initialises its backends, so it runs at
 import time of this conftest (pytest imports it before any test module).
+
+The tests share one persistent XLA compilation cache, a temporary directory
+made by the first process that imports this file (pytest's, or under
+pytest-xdist the controller, whose environment the workers and every
+subprocess a test starts inherit) and removed when that process exits. The
+end-to-end tests compile the same programs many times over (each run builds
+new jitted callables, which jax's in-memory cache does not share); the
+persistent cache is keyed on the program, the flags and the versions, so a
+hit returns the executable a fresh compile would have built. A user's own
+JAX_COMPILATION_CACHE_DIR is respected.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,6 +25,12 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (
       _flags + " --xla_force_host_platform_device_count=8").strip()
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="acs_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from acs_jax import env  # noqa: E402  (imports no jax)
 

@@ -467,8 +467,8 @@ def test_train_labels_in_memory_is_y_train(synth):
 
 def test_train_labels_random_access_read_once_in_batches(random_access,
                                                          monkeypatch):
-  from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(datasets, "_LABEL_READ_BATCH", 16)
+  from acs_jax.data import labels as labels_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(labels_lib, "_LABEL_READ_BATCH", 16)
   source = _BatchCountingSource(random_access.train_source.records)
   ds = dataclasses.replace(random_access, train_source=source)
   true = np.array([r["label"] for r in source.records])

@@ -7,6 +7,7 @@ the checkpoints of the earlier epochs were written.
 import os
 import signal
 import sys
+import time
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -37,6 +38,14 @@ def main():
     def gen():
       for i, batch in enumerate(it):
         if i == kill_step:
+          # The previous epoch's checkpoint is written asynchronously: the
+          # kill comes once it is committed (named latest/KILL_EPOCH), so the
+          # run resumes from it, not from the one before.
+          done = os.path.join(workdir, "checkpoints", "train", "latest",
+                              str(kill_epoch))
+          deadline = time.time() + 300
+          while not os.path.isdir(done) and time.time() < deadline:
+            time.sleep(0.05)
           os.kill(os.getpid(), signal.SIGKILL)
         yield batch
     return gen()

@@ -109,9 +109,11 @@ def test_sweep_cli_end_to_end_one_teacher_reports_and_resume(tmp_path, capsys,
                                                              caplog):
   workdir = str(tmp_path)
   # The command line as a user runs it: one CPU device (not the 8 that
-  # conftest fakes) and the persistent compilation cache, which lets runs 2
-  # and 3 skip most compiling.
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  # conftest fakes) and the sweep's own persistent compilation cache (not the
+  # test session's), which lets runs 2 and 3 skip most compiling.
+  env = {k: v for k, v in os.environ.items()
+         if k != "JAX_COMPILATION_CACHE_DIR"}
+  env = {**env, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": " ".join(
              f for f in os.environ.get("XLA_FLAGS", "").split()
              if "xla_force_host_platform_device_count" not in f)}

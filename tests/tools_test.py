@@ -88,6 +88,8 @@ def test_compare_ratios_per_round():
                                      "checkout of HuangOwen/QAT-ACS"),
     (["--official", "/nonexistent", "--cases", "fp,nope"],
      "error: --cases=fp,nope: unknown case nope; valid: qat_kd_w2a2, "),
+    (["--official", "/nonexistent", "--rounds", "0"],
+     "error: argument --rounds: '0': not an integer >= 1"),
 ])
 def test_compare_bad_input_exits_2(args, message):
   r = _tool("compare_official.py", *args, timeout=60)

@@ -5,14 +5,14 @@ from acs_jax import env as _env
 _env.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from acs_jax.data.datasets import apply_label_noise
+from acs_jax.data.labels import apply_label_noise
 from acs_jax.data.datasets import AUGMENTS
 from acs_jax.data.datasets import DataOptions
 from acs_jax.data.datasets import Dataset
-from acs_jax.data.datasets import label_noise_offsets
+from acs_jax.data.labels import label_noise_offsets
 from acs_jax.data.datasets import load_dataset
 from acs_jax.data.datasets import SOURCES
-from acs_jax.data.datasets import shift_labels
+from acs_jax.data.labels import shift_labels
 from acs_jax.data.datasets import TFDS_NAMES
 from acs_jax.data.datasets import with_label_noise
 from acs_jax.data.input_pipeline import eval_steps

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from acs_jax.data import augment as aug
 from acs_jax.data.datasets import Dataset
-from acs_jax.data.datasets import shift_labels
+from acs_jax.data.labels import shift_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 _CPU = "/device:CPU:0"
