@@ -377,7 +377,8 @@ def format_report(result: dict[str, Any]) -> str:
       f"acs_jax.bench {m['date_utc']}: {m['device_kind']} ({m['platform']}, "
       f"1 of {m['device_count']} devices), CPU {m['cpu_model']} x "
       f"{m['cpu_affinity']}, jax {m['jax']}, load {m['loadavg_1m_start']}",
-      f"{s['model']} {s['block']} block {s['bits']}, batch {s['batch']}, "
+      f"{s['model']} {s['block']} block, {s.get('shortcut', 'projection')} "
+      f"shortcut, {s['bits']}, batch {s['batch']}, "
       f"score batch {s['score_batch']}; {s['steps']} timed calls after "
       f"{s['warmup']} untimed",
       (f"peak {peak['name']}: {peak['float32']} TFLOP/s float32 "
