@@ -214,7 +214,8 @@ class Context:
   def model(self, dtype: str, fp: bool):
     return models.build_model(
         self.spec.model, num_classes=NUM_CLASSES, block=self.spec.block,
-        shortcut=self.spec.shortcut, quant=self.qc.as_float() if fp else self.qc, dtype=dtype)
+        shortcut=self.spec.shortcut,
+        quant=self.qc.as_float() if fp else self.qc, dtype=dtype)
 
   @functools.cache
   def variables(self, dtype: str, fp: bool) -> dict:
@@ -377,7 +378,7 @@ def format_report(result: dict[str, Any]) -> str:
       f"acs_jax.bench {m['date_utc']}: {m['device_kind']} ({m['platform']}, "
       f"1 of {m['device_count']} devices), CPU {m['cpu_model']} x "
       f"{m['cpu_affinity']}, jax {m['jax']}, load {m['loadavg_1m_start']}",
-      f"{s['model']} {s['block']} block, {s.get('shortcut', 'projection')} "
+      f"{s['model']} {s['block']} block, {s['shortcut']} "
       f"shortcut, {s['bits']}, batch {s['batch']}, "
       f"score batch {s['score_batch']}; {s['steps']} timed calls after "
       f"{s['warmup']} untimed",
