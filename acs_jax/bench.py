@@ -503,7 +503,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   spec, cases, out = parse_args(argv)
   env.configure_jax()  # XLA defaults, if no backend has started yet
-  env.hide_gpus_from_tensorflow()  # train imports TF: keep it off the GPUs
   result = run(spec, cases, argv=argv)
   print(format_report(result), flush=True)
   if out:

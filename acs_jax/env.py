@@ -10,19 +10,47 @@ def quiet_tensorflow() -> None:
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-def hide_gpus_from_tensorflow() -> None:
-  """Keeps tf.data off every accelerator so JAX owns all device memory.
+def hide_gpus_from_tensorflow():
+  """Imports TensorFlow kept off every accelerator, so JAX owns their memory.
 
   TensorFlow would otherwise reserve most of each GPU's memory the first time
-  it touches it (flax#445), leaving JAX to run out of memory.
+  it touches it (flax#445), leaving JAX to run out of memory. Returns the
+  `tensorflow` module; calling it again is free.
   """
   quiet_tensorflow()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  try:
-    tf.config.set_visible_devices([], "TPU")
-  except (ValueError, RuntimeError):
-    pass
+  if not _TF_HIDDEN:
+    tf.config.set_visible_devices([], "GPU")
+    try:
+      tf.config.set_visible_devices([], "TPU")
+    except (ValueError, RuntimeError):
+      pass
+    _TF_HIDDEN.append(True)
+  return tf
+
+
+_TF_HIDDEN = []
+
+
+class _LazyTensorFlow:
+  """`tensorflow`, imported (by `hide_gpus_from_tensorflow`) on first use.
+
+  tf.data is the only TensorFlow this package uses. Importing TensorFlow
+  costs seconds (with Keras and scikit-learn behind it), so a process that
+  never builds an input pipeline (the benchmark, the checkpoint converter,
+  a command stopped by a bad flag) never pays it.
+  """
+
+  def __getattr__(self, name):
+    return getattr(hide_gpus_from_tensorflow(), name)
+
+
+def lazy_tensorflow() -> _LazyTensorFlow:
+  """What the data modules use as `tf` (see _LazyTensorFlow)."""
+  return _LAZY_TF
+
+
+_LAZY_TF = _LazyTensorFlow()
 
 
 # XLA:CPU flags set by default, each measured against XLA's own defaults

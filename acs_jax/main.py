@@ -82,7 +82,6 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  env.hide_gpus_from_tensorflow()  # tf.data only: JAX owns the accelerators
   env.configure_jax()
   env.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top

@@ -46,7 +46,8 @@ class MetricsWriter:
     """The event-file writer, created at the first record (so a run that is
     refused before its first epoch leaves no new file behind)."""
     if self._tb is None and self.enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      from acs_jax import env  # pylint: disable=g-import-not-at-top
+      tf = env.hide_gpus_from_tensorflow()
       from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
       self._tf = tf
       os.makedirs(self.workdir, exist_ok=True)

@@ -372,7 +372,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from acs_jax import checkpoint, env  # pylint: disable=g-import-not-at-top
-  env.hide_gpus_from_tensorflow()
   env.configure_jax()
   env.quiet_library_logs()
   workdir = os.path.expanduser(flags.FLAGS.workdir)

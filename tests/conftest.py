@@ -48,3 +48,20 @@ def _eight_cpu_devices():
   assert jax.default_backend() == "cpu"
   assert jax.device_count() == 8, jax.devices()
   yield
+
+
+# Under `pytest -n 2`, whole files go to one worker each (`--dist loadfile`
+# in pyproject.toml, so a module's fixtures are built once, not once per
+# worker), handed out in this order: the slowest first (measured with
+# `--durations=0`), so no worker is left alone with a long file at the end.
+SLOWEST_FIRST = (
+    "export_test.py", "tools_test.py", "models_test.py", "pretrained_test.py",
+    "train_test.py", "workdir_test.py", "checkpoint_test.py",
+    "imagenet_test.py", "multiprocess_test.py", "sweep_test.py",
+    "convert_test.py", "bench_test.py", "sharding_test.py", "quant_test.py",
+    "input_pipeline_test.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

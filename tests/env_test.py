@@ -1,5 +1,7 @@
-"""Process set-up: the XLA:CPU flags acs_jax sets by default."""
+"""Process set-up: the XLA:CPU flags acs_jax sets by default, TensorFlow imported only when used."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,27 @@ def test_a_run_without_the_process_setup_is_refused():
   finally:
     env.configure_jax()
   env.check_configured()
+
+
+def test_tensorflow_is_imported_only_when_tf_data_runs_and_then_hidden():
+  # A fresh interpreter: the entry points' modules import no TensorFlow (it
+  # costs seconds); the first tf.data use imports it with the accelerators
+  # hidden, and so does reading a TFDS dataset.
+  code = """
+import sys
+from acs_jax import bench, env, sweep, train
+from acs_jax.export import tool
+from acs_jax.pretrained import convert
+assert "tensorflow" not in sys.modules, "imported at module level"
+from acs_jax.data import input_pipeline
+assert "tensorflow" not in sys.modules
+assert input_pipeline.tf.range(3).shape == (3,)
+assert env._TF_HIDDEN == [True], env._TF_HIDDEN
+assert env.hide_gpus_from_tensorflow() is sys.modules["tensorflow"]
+assert env._TF_HIDDEN == [True], env._TF_HIDDEN
+print("ok")
+"""
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, check=False,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

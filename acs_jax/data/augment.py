@@ -18,7 +18,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from acs_jax import env
+
+tf = env.lazy_tensorflow()
 
 # Golden-ratio increment and finaliser constants of SplitMix64 (Steele et al.,
 # "Fast splittable pseudorandom number generators", 2014).

@@ -16,22 +16,22 @@ Batches are numpy dicts:
           'index': int64 [local]}
   eval:  the same plus 'mask': bool [local].
 
-TF must not claim an accelerator: callers hide TF's GPUs first
-(`acs_jax.env.hide_gpus_from_tensorflow`); everything here is also pinned to
-the host CPU.
+TF must not claim an accelerator: it is imported on first use through
+`acs_jax.env.lazy_tensorflow`, which hides every accelerator from it, and
+everything here is also pinned to the host CPU.
 """
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 import numpy as np
-import tensorflow as tf
 
+from acs_jax import env
 from acs_jax.data import augment as aug
 from acs_jax.data.datasets import Dataset
 from acs_jax.data.labels import shift_labels
 
-AUTOTUNE = tf.data.AUTOTUNE
+tf = env.lazy_tensorflow()
 _CPU = "/device:CPU:0"
 
 
@@ -169,8 +169,8 @@ def _random_access_pipeline(ds: tf.data.Dataset, dataset: Dataset,
   # Whole index batches are read at once (array_record serves a list of
   # records with its own readers); decoding then runs image by image in
   # parallel. unbatch/batch(local) restores exactly the same rows.
-  ds = ds.map(read, num_parallel_calls=AUTOTUNE)
-  ds = ds.unbatch().map(one, num_parallel_calls=AUTOTUNE)
+  ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.unbatch().map(one, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(local, drop_remainder=True)
 
 
@@ -230,7 +230,7 @@ def make_train_dataset(dataset: Dataset, indices: Any, *, global_batch: int,
                 "label": tf.gather(y_all, el["index"]),
                 "index": el["index"]}
 
-      ds = ds.map(gather, num_parallel_calls=AUTOTUNE)
+      ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     else:
       size = dataset.image_shape[:2]
       channels = dataset.image_shape[2]
@@ -244,7 +244,7 @@ def make_train_dataset(dataset: Dataset, indices: Any, *, global_batch: int,
       ds = ds.map(lambda el: {
           "image": aug.normalize(el["image"], dataset.mean, dataset.std),
           "label": el["label"], "index": el["index"]},
-                  num_parallel_calls=AUTOTUNE)
+                  num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(prefetch).with_options(_options())
   return ds, steps
 
@@ -323,7 +323,7 @@ def make_eval_dataset(dataset: Dataset, split: str, *, batch_size: int,
             "mask": mask,
         }
 
-      ds = ds.map(gather, num_parallel_calls=AUTOTUNE)
+      ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     else:
       size = dataset.image_shape[:2]
       channels = dataset.image_shape[2]
@@ -344,7 +344,7 @@ def make_eval_dataset(dataset: Dataset, split: str, *, batch_size: int,
             "mask": mask,
         }
 
-      ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
+      ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(prefetch).with_options(_options())
   return ds, steps
 

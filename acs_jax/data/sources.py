@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from acs_jax import env
+
 from acs_jax.data.datasets import (DataOptions, Dataset, _IMAGENET_MEAN,
                                     _IMAGENET_STD, _PREFIX, _check_path,
                                     _default_padding, _in_memory,
@@ -48,6 +50,13 @@ _TFDS_TEST_SPLIT = {"imagenet2012": "validation"}
 # TFDS.
 
 
+def _tfds():
+  """tensorflow_datasets, with TensorFlow first kept off the accelerators."""
+  env.hide_gpus_from_tensorflow()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
 def _tfds_not_prepared(name: str, data_dir_root: str, field: str) -> str:
   if name == "imagenet2012":
     how = (
@@ -72,7 +81,7 @@ def load_tfds(opts: DataOptions) -> Dataset:
   data_dir = opts.data_dir
   if data_dir is not None:
     data_dir = _check_path(data_dir, f"{prefix}.data_dir", "the TFDS data_dir")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     manual_dir = opts.manual_dir
@@ -104,7 +113,7 @@ def _prepare_imagenet(builder: Any, manual_dir: Any, prefix: str) -> Any:
         "(download them from https://image-net.org after registering). "
         + _tfds_not_prepared("imagenet2012", str(builder.data_dir_root),
                              f"{prefix}.data_dir"))
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   logging.warning("Preparing imagenet2012 from %s into %s (array_record); "
                   "this takes hours and ~150 GB.", manual_dir,
                   builder.data_dir_root)
@@ -129,7 +138,7 @@ def load_tfds_in_memory(builder: Any, name: str, augment: str,
   Returns:
     An in-memory Dataset.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   arrays = {}
   for split in ("train", _TFDS_TEST_SPLIT.get(name, "test")):
     ds = builder.as_dataset(split=split, as_supervised=True,
@@ -153,7 +162,7 @@ def _load_tfds_random_access(builder: Any, name: str,
                              image_size: tuple[int, int] | None,
                              field: str) -> Dataset:
   """Wraps a prepared array_record TFDS dataset as random-access sources."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   fmt = builder.info.file_format
   fmt_name = getattr(fmt, "value", str(fmt))
   if fmt_name != "array_record":

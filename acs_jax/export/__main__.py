@@ -54,7 +54,6 @@ def main(argv):
     print("error: give exactly one of --out=FILE (export, then evaluate) and "
           "--evaluate=FILE (evaluate an existing export)", file=sys.stderr)
     sys.exit(2)
-  env.hide_gpus_from_tensorflow()
   env.configure_jax()
   env.quiet_library_logs()
   from acs_jax.export import tool  # pylint: disable=g-import-not-at-top
