@@ -1,4 +1,5 @@
-"""Process set-up: the XLA:CPU flags acs_jax sets by default, TensorFlow imported only when used."""
+"""Process set-up: the XLA:CPU flags acs_jax sets by default, and TensorFlow
+imported only when tf.data is used."""
 import os
 import subprocess
 import sys
