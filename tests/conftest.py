@@ -31,6 +31,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The tests' programs are tiny, so compiling them costs far more than running
+# them: XLA's optimisation passes are off (a third less time per compile), in
+# this process and every subprocess a test starts. Their numerics are checked
+# against the same references either way; JAX_DISABLE_MOST_OPTIMIZATIONS=0
+# runs the suite with the optimised compiles a user's run gets (the real
+# pretrained ResNet-20 test always does).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 from acs_jax import env  # noqa: E402  (imports no jax)
 
