@@ -1,4 +1,5 @@
 """Process-level set-up shared by the entry points and the tests."""
+import functools
 import os
 import re
 
@@ -10,26 +11,22 @@ def quiet_tensorflow() -> None:
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+@functools.cache
 def hide_gpus_from_tensorflow():
   """Imports TensorFlow kept off every accelerator, so JAX owns their memory.
 
   TensorFlow would otherwise reserve most of each GPU's memory the first time
   it touches it (flax#445), leaving JAX to run out of memory. Returns the
-  `tensorflow` module; calling it again is free.
+  `tensorflow` module; runs once per process (cached).
   """
   quiet_tensorflow()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not _TF_HIDDEN:
-    tf.config.set_visible_devices([], "GPU")
-    try:
-      tf.config.set_visible_devices([], "TPU")
-    except (ValueError, RuntimeError):
-      pass
-    _TF_HIDDEN.append(True)
+  tf.config.set_visible_devices([], "GPU")
+  try:
+    tf.config.set_visible_devices([], "TPU")
+  except (ValueError, RuntimeError):
+    pass
   return tf
-
-
-_TF_HIDDEN = []
 
 
 class _LazyTensorFlow:

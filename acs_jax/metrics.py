@@ -10,6 +10,8 @@ from typing import Any, Iterable
 import jax
 import tqdm
 
+from acs_jax import env
+
 
 def progress(iterable: Iterable, **kw):
   """A tqdm bar with ETA on stderr, on the first process only."""
@@ -46,7 +48,6 @@ class MetricsWriter:
     """The event-file writer, created at the first record (so a run that is
     refused before its first epoch leaves no new file behind)."""
     if self._tb is None and self.enabled:
-      from acs_jax import env  # pylint: disable=g-import-not-at-top
       tf = env.hide_gpus_from_tensorflow()
       from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
       self._tf = tf

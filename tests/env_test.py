@@ -77,7 +77,7 @@ def test_a_run_without_the_process_setup_is_refused():
 def test_tensorflow_is_imported_only_when_tf_data_runs_and_then_hidden():
   # A fresh interpreter: the entry points' modules import no TensorFlow (it
   # costs seconds); the first tf.data use imports it with the accelerators
-  # hidden, and so does reading a TFDS dataset.
+  # hidden, once.
   code = """
 import sys
 from acs_jax import bench, env, sweep, train
@@ -86,10 +86,11 @@ from acs_jax.pretrained import convert
 assert "tensorflow" not in sys.modules, "imported at module level"
 from acs_jax.data import input_pipeline
 assert "tensorflow" not in sys.modules
+assert env.hide_gpus_from_tensorflow.cache_info().currsize == 0
 assert input_pipeline.tf.range(3).shape == (3,)
-assert env._TF_HIDDEN == [True], env._TF_HIDDEN
+assert env.hide_gpus_from_tensorflow.cache_info().currsize == 1
 assert env.hide_gpus_from_tensorflow() is sys.modules["tensorflow"]
-assert env._TF_HIDDEN == [True], env._TF_HIDDEN
+assert env.hide_gpus_from_tensorflow.cache_info().misses == 1
 print("ok")
 """
   r = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from acs_jax import env
-
 from acs_jax.data.datasets import (DataOptions, Dataset, _IMAGENET_MEAN,
                                     _IMAGENET_STD, _PREFIX, _check_path,
                                     _default_padding, _in_memory,
