@@ -17,10 +17,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def resume_config():
-  return tiny_config(**{
-      "data.num_train": 160, "data.num_test": 48, "teacher.epochs": 1,
-      "train.eval_batch_size": 16, "checkpoint.every_epochs": 1,
-      "checkpoint.keep": 2})
+  """The suite's shared tiny run (conftest.tiny_run): a checkpoint after
+  every epoch, the last 2 kept."""
+  c = tiny_config()
+  assert (c.checkpoint.every_epochs, c.checkpoint.keep) == (1, 2)
+  return c
 
 
 def final_state(workdir):
@@ -42,16 +43,14 @@ def selections(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("whole"))
-  summary = train.train_and_evaluate(resume_config(), workdir)
-  return workdir, summary
+def uninterrupted(tiny_run):
+  return tiny_run  # (read-only: the tests that change it change a copy)
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
   ref_dir, ref_summary = uninterrupted
   workdir = str(tmp_path / "killed")
-  # Killed during epoch index 2 (after 3 of its 5 steps): the checkpoints of
+  # Killed during epoch index 2 (after 3 of its 6 steps): the checkpoints of
   # epochs 1 and 2 exist, the selection at epoch 2 has just been made.
   p = subprocess.run(
       [sys.executable, os.path.join(HERE, "resume_worker.py"), workdir, "2",
@@ -79,7 +78,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
   with ocp.StandardCheckpointer() as c:
     sel = c.restore(os.path.join(workdir, "checkpoints", "train", "latest",
                                  "4", "selector"))
-  assert sel["last_evs"].shape == sel["last_ds"].shape == (160,)
+  assert sel["last_evs"].shape == sel["last_ds"].shape == (192,)
   np.testing.assert_array_equal(sel["indices"], want[sorted(want)[-1]])
   # The metrics file holds each student epoch once.
   epochs = [json.loads(l)["epoch"] for l in open(os.path.join(
@@ -87,8 +86,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(uninterrupted, tmp_path):
   assert epochs == [1, 2, 3, 4]
 
 
-def test_finished_run_restarts_without_training(uninterrupted):
-  workdir, summary = uninterrupted
+def test_finished_run_restarts_without_training(uninterrupted, tmp_path):
+  workdir, summary = str(tmp_path / "copy"), uninterrupted[1]
+  shutil.copytree(uninterrupted[0], workdir)
   n_lines = len(open(os.path.join(workdir, "metrics.jsonl")).readlines())
   again = train.train_and_evaluate(resume_config(), workdir)
   assert again["student_final_test_top1"] == summary["student_final_test_top1"]

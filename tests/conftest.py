@@ -14,6 +14,8 @@ hit returns the executable a fresh compile would have built. A user's own
 JAX_COMPILATION_CACHE_DIR is respected.
 """
 import atexit
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +28,11 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (
       _flags + " --xla_force_host_platform_device_count=8").strip()
 
+# Files the test processes share (pytest-xdist's workers inherit the path).
+if "ACS_JAX_TESTS_SHARED_DIR" not in os.environ:
+  _shared_dir = tempfile.mkdtemp(prefix="acs_jax_tests_shared_")
+  os.environ["ACS_JAX_TESTS_SHARED_DIR"] = _shared_dir
+  atexit.register(shutil.rmtree, _shared_dir, ignore_errors=True)
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix="acs_jax_tests_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
@@ -55,6 +62,25 @@ def _eight_cpu_devices():
   assert jax.default_backend() == "cpu"
   assert jax.device_count() == 8, jax.devices()
   yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run():
+  """(workdir, summary) of one finished run of `tiny_config()`, shared by
+  every test module and pytest-xdist worker: the first to ask trains it
+  (under a file lock, so the others wait for it). Read-only: a test that
+  changes a run copies it first."""
+  from acs_jax import train  # pylint: disable=g-import-not-at-top
+  from tiny_configs import tiny_config  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(os.environ["ACS_JAX_TESTS_SHARED_DIR"], "tiny_run")
+  summary_path = os.path.join(workdir, "summary.json")
+  with open(workdir + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(summary_path):
+      shutil.rmtree(workdir, ignore_errors=True)  # a build that was stopped
+      train.train_and_evaluate(tiny_config(), workdir)
+  with open(summary_path) as f:
+    return workdir, json.load(f)
 
 
 # Under `pytest -n 2`, whole files go to one worker each (`--dist loadfile`

@@ -11,8 +11,8 @@
   the ImageNet stem and a (shortened) MobileNetV2.
 * The file: readable with NumPy + json alone; truncated, corrupt or
   inconsistent files are refused with one message; nothing is overwritten.
-* End to end: a (shortened) quickstart run, exported and evaluated, gives the
-  run's student top-1 exactly; bad workdirs are one clear message each.
+* End to end: a tiny run, exported and evaluated, gives the run's student
+  top-1 exactly; bad workdirs are one clear message each.
 """
 import json
 import os
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from acs_jax import config_lib, models, quant, train
+from acs_jax import models, quant
 from acs_jax.export import exporter
 from acs_jax.export import format as fmt
 from acs_jax.export import int_forward
@@ -74,7 +74,12 @@ def make_student(bits, *, name="resnet_tiny", seed=0, **kw):
   model = models.build_model(name, num_classes=10, quant=qc, image_size=8,
                              **kw)
   x = images(16, seed)
-  variables = _randomize(models.init_variables(model, IMAGE, seed), seed + 1)
+  # Op by op (not jitted): the tests build over a dozen models whose ops
+  # repeat, and eager ops are compiled once per shape, a program once per
+  # model.
+  variables = model.init(jax.random.key(seed), jnp.zeros((2, *IMAGE)),
+                         train=False)
+  variables = _randomize(variables, seed + 1)
   variables = quant.calibrate(model, variables, jnp.asarray(x))
   return model, jax.tree.map(np.asarray, variables), x
 
@@ -87,8 +92,7 @@ def export(model, variables, name="resnet_tiny"):
 
 
 def fake_logits(model, variables, x):
-  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, x))
+  return np.asarray(model.apply(variables, x, train=False))  # (op by op)
 
 
 def int_logits(manifest, arrays, x, impl="auto"):
@@ -459,31 +463,19 @@ def test_existing_out_is_never_overwritten(w2a2_export, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# End to end: the quickstart, shortened.
-
-
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-  config = config_lib.load_config(os.path.join(REPO, "configs",
-                                               "quickstart.py"))
-  config.teacher.epochs = 3
-  config.train.epochs = 2
-  config.coreset.data_update_epochs = 1
-  workdir = str(tmp_path_factory.mktemp("quickstart"))
-  summary = train.train_and_evaluate(config, workdir)
-  return workdir, summary
+# End to end: the suite's shared tiny run (tiny_config(), conftest.py).
 
 
 def _listing(root):
   return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_quickstart_export_gives_the_runs_top1(quickstart_run, tmp_path):
+def test_exported_run_gives_its_top1(tiny_run, tmp_path):
   from acs_jax.export import tool  # pylint: disable=g-import-not-at-top
-  workdir, summary = quickstart_run
+  workdir, summary = tiny_run
   before = _listing(workdir)
   report = tool.export_and_evaluate(workdir, str(tmp_path / "last.npz"))
-  assert report["count"] == 360  # the digits test split, each sample once
+  assert report["count"] == 72  # the tiny test split, each sample once
   assert report["top1"] == summary["student_final_test_top1"]
   assert report["fake_top1"] == report["top1"]
   assert report["reported_top1"] == summary["student_final_test_top1"]
@@ -501,9 +493,9 @@ def test_quickstart_export_gives_the_runs_top1(quickstart_run, tmp_path):
   assert _listing(workdir) == before  # the run is only read
 
 
-def test_bad_workdirs_are_one_clear_message(quickstart_run, tmp_path):
+def test_bad_workdirs_are_one_clear_message(tiny_run, tmp_path):
   from acs_jax.export import tool  # pylint: disable=g-import-not-at-top
-  workdir, _ = quickstart_run
+  workdir, _ = tiny_run
   config = json.load(open(os.path.join(workdir, "config.json")))
 
   def run_dir(name, config_changes=None, summary=True, checkpoints=True):
@@ -530,7 +522,7 @@ def test_bad_workdirs_are_one_clear_message(quickstart_run, tmp_path):
       (run_dir("no_ckpt", checkpoints=False), "has no checkpoint of its last "
        "epoch"),
       (run_dir("longer", {"train.epochs": 5}), "has no checkpoint of its last "
-       r"epoch \(.*/5 is missing; found: \[1, 2\]\)"),
+       r"epoch \(.*/5 is missing; found: \[3, 4\]\)"),
   ]
   os.makedirs(tmp_path / "nothing")
   for wd, match in cases:
@@ -543,8 +535,8 @@ def test_bad_workdirs_are_one_clear_message(quickstart_run, tmp_path):
     tool.export_and_evaluate(workdir, str(tmp_path / "x.npz"), "first")
 
 
-def test_command_errors_exit_2_with_one_line(quickstart_run, tmp_path):
-  workdir, _ = quickstart_run
+def test_command_errors_exit_2_with_one_line(tiny_run, tmp_path):
+  workdir, _ = tiny_run
   taken = tmp_path / "taken.npz"
   taken.write_text("keep me")
   damaged = tmp_path / "damaged.npz"
