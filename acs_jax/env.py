@@ -2,6 +2,7 @@
 import functools
 import os
 import re
+import sys
 
 
 def quiet_tensorflow() -> None:
@@ -18,15 +19,35 @@ def hide_gpus_from_tensorflow():
   TensorFlow would otherwise reserve most of each GPU's memory the first time
   it touches it (flax#445), leaving JAX to run out of memory. Returns the
   `tensorflow` module; runs once per process (cached).
+
+  A first import of TensorFlow also imports Keras's optimizers, and through
+  them Keras and scikit-learn (3-5 s on 2 cores), only to register them for
+  SavedModels; tf.data needs none of it. That import is skipped (TensorFlow
+  catches the ImportError) and nothing else is changed: `tf.keras` and
+  `import keras` still load Keras when used.
   """
   quiet_tensorflow()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  blocked = [m for m in _KERAS_EAGER_IMPORTS
+             if "tensorflow" not in sys.modules and m not in sys.modules]
+  for m in blocked:
+    sys.modules[m] = None  # makes `import m` raise ImportError
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    for m in blocked:
+      if sys.modules.get(m, 0) is None:
+        del sys.modules[m]
   tf.config.set_visible_devices([], "GPU")
   try:
     tf.config.set_visible_devices([], "TPU")
   except (ValueError, RuntimeError):
     pass
   return tf
+
+
+# What `import tensorflow` imports eagerly for Keras (TF 2.16+): Keras 3 or,
+# with TF_USE_LEGACY_KERAS, tf_keras.
+_KERAS_EAGER_IMPORTS = ("keras.src.optimizers", "tf_keras.src.optimizers")
 
 
 class _LazyTensorFlow:

@@ -77,7 +77,7 @@ def test_a_run_without_the_process_setup_is_refused():
 def test_tensorflow_is_imported_only_when_tf_data_runs_and_then_hidden():
   # A fresh interpreter: the entry points' modules import no TensorFlow (it
   # costs seconds); the first tf.data use imports it with the accelerators
-  # hidden, once.
+  # hidden, once, and without Keras.
   code = """
 import sys
 from acs_jax import bench, env, sweep, train
@@ -91,6 +91,12 @@ assert input_pipeline.tf.range(3).shape == (3,)
 assert env.hide_gpus_from_tensorflow.cache_info().currsize == 1
 assert env.hide_gpus_from_tensorflow() is sys.modules["tensorflow"]
 assert env.hide_gpus_from_tensorflow.cache_info().misses == 1
+# Keras (and scikit-learn behind it) is not imported with TensorFlow ...
+assert not [m for m in sys.modules if m.startswith(("keras", "sklearn"))]
+assert sys.modules.get("keras.src.optimizers", 0) == 0  # (no block left)
+# ... and still loads when asked for.
+assert input_pipeline.tf.keras.optimizers.SGD is not None
+import keras.src.optimizers
 print("ok")
 """
   r = subprocess.run([sys.executable, "-c", code], capture_output=True,
