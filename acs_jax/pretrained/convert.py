@@ -361,8 +361,10 @@ def main(argv) -> None:
   # pylint: disable=g-import-not-at-top
   import sys
   from absl import flags
+  from acs_jax import env
   # pylint: enable=g-import-not-at-top
   del argv
+  env.quiet_library_logs()  # orbax logs each file of the teacher it writes
   f = flags.FLAGS
   try:
     meta = import_checkpoint(
