@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from acs_jax import env
@@ -34,6 +35,7 @@ def _load(name):
 compare = _load("compare_official")
 gpu_run = _load("gpu_run")
 probe = _load("probe_xla")
+selection_report = _load("selection_report")
 
 
 def _tool(name, *args, timeout=900):
@@ -226,3 +228,82 @@ def test_probe_profile_tiny(tmp_path):
   names = probe.hlo_names((tmp_path / "trace" / "hlo.txt").read_text())
   assert d["kernels"] and set(d["kernels"]) <= names
   assert d["kernel_s_per_call"] > 0 and d["wall_s_per_call"] > 0
+
+
+# ---------------------------------------------------------------------------
+# tools/selection_report.py
+
+
+def test_selection_stats_by_hand():
+  right = np.ones(10, bool)
+  right[[2, 4, 7]] = False          # the teacher's 3 errors
+  noisy = np.zeros(10, bool)
+  noisy[[4, 5]] = True
+  got = selection_report.selection_stats(np.array([4, 2, 9, 1]), right, noisy,
+                                         previous=np.array([1, 2, 3]))
+  assert got == {"size": 4, "teacher_top1": 0.5, "teacher_wrong": 2,
+                 "share_of_teacher_wrong": pytest.approx(2 / 3),
+                 "flipped": 0.25, "shared_with_previous": 0.5}
+  first = selection_report.selection_stats(np.array([0]), right, noisy, None)
+  assert first["shared_with_previous"] is None and first["teacher_top1"] == 1
+  with pytest.raises(selection_report.ReportError, match="twice"):
+    selection_report.selection_stats(np.array([1, 1]), right, noisy, None)
+  with pytest.raises(selection_report.ReportError, match="outside"):
+    selection_report.selection_stats(np.array([10]), right, noisy, None)
+
+
+def test_selection_report_on_the_tiny_run(tiny_run):
+  """Against the teacher applied directly to the normalised training arrays
+  (not through tf.data and the score pass) and the saved index files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from acs_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from acs_jax import config_lib, models, quant  # pylint: disable=g-import-not-at-top
+  from acs_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  workdir, summary = tiny_run
+  (row,) = selection_report.report([workdir])
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  data = datasets.load_dataset(config_lib.data_options(config.data))
+  model = models.model_from_config(config, data.num_classes,
+                                   data.image_shape[0],
+                                   quant.from_config(config.quant).as_float())
+  like = jax.eval_shape(lambda: models.init_variables(
+      model, data.image_shape, 0))
+  variables, meta = ckpt_lib.load_teacher(os.path.join(workdir, "teacher"),
+                                          like, {})
+  x, y = data.arrays("train")
+  x = (x / 255.0 - np.asarray(meta["mean"])) / np.asarray(meta["std"])
+  logits = model.apply(variables, x.astype(np.float32), train=False)
+  right = np.argmax(np.asarray(logits), -1) == y
+
+  assert row["teacher_train_top1"] == pytest.approx(right.mean())
+  assert row["final_top1"] == summary["student_final_test_top1"]
+  assert row["seconds"]["qat"] == summary["seconds_student"]
+  assert [s["epoch"] for s in row["selections"]] == [0, 2]  # R = 2, 4 epochs
+  previous = None
+  for sel in row["selections"]:
+    idx = np.load(os.path.join(workdir, "selections",
+                               f"selection_epoch{sel['epoch']:04d}.npy"))
+    assert sel["size"] == idx.size == len(y) // 2
+    assert sel["teacher_wrong"] == np.count_nonzero(~right[idx])
+    if previous is None:
+      assert sel["shared_with_previous"] is None
+    else:
+      assert sel["shared_with_previous"] == pytest.approx(
+          np.intersect1d(idx, previous).size / idx.size)
+    previous = idx
+  text = selection_report.markdown([row])
+  assert f"`{row['run']}`" in text and "share of all teacher errors" in text
+
+
+def test_selection_report_bad_runs_exit_2(tmp_path, capsys):
+  assert selection_report.main([str(tmp_path)]) == 2
+  assert "no config.json" in capsys.readouterr().err
+  (tmp_path / "config.json").write_text("{}")
+  assert selection_report.main([str(tmp_path)]) == 2
+  assert "no summary.json" in capsys.readouterr().err
+  assert selection_report.main([str(tmp_path), "--json",
+                                str(tmp_path / "no" / "r.json")]) == 2
+  assert "--json" in capsys.readouterr().err
