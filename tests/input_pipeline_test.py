@@ -519,3 +519,18 @@ def test_train_labels_bad_source(random_access):
                      for r in random_access.train_source.records])
   with pytest.raises(ValueError, match=r"must be in \[0, 4\), got \[7, 7\]"):
     dataclasses.replace(random_access, train_source=bad).train_labels()
+
+
+def test_pipelines_run_without_the_autotune_thread(synth, random_access):
+  """Dropping an iterator joins tf.data's autotune thread, which stalled
+  real runs idle for 10-40 s at epoch starts (input_pipeline._options)."""
+  from acs_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  idx = np.arange(40)
+  for ds in (synth, random_access):
+    train, _ = input_pipeline.make_train_dataset(ds, idx, global_batch=8,
+                                                 seed=0, epoch=0)
+    evaluation, _ = input_pipeline.make_eval_dataset(ds, "test", batch_size=8)
+    for pipeline in (train, evaluation):
+      options = pipeline.options()
+      assert options.autotune.enabled is False
+      assert options.deterministic is True
