@@ -282,6 +282,7 @@ def test_selection_report_on_the_tiny_run(tiny_run):
   assert row["final_top1"] == summary["student_final_test_top1"]
   assert row["seconds"]["qat"] == summary["seconds_student"]
   assert [s["epoch"] for s in row["selections"]] == [0, 2]  # R = 2, 4 epochs
+  assert [s["beta"] for s in row["selections"]] == [1.0, pytest.approx(0.7071, abs=1e-4)]
   previous = None
   for sel in row["selections"]:
     idx = np.load(os.path.join(workdir, "selections",

@@ -5,7 +5,7 @@ r"""What finished runs' coresets are made of, seen by their teacher.
 
 For each run (a workdir of `python -m acs_jax.main`, or a sweep's
 `runs/<name>`): the test top-1 curve, the seconds spent selecting, training and
-evaluating, and for every saved selection (`selections/*.json` + `.npy`) its
+evaluating, and for every saved selection (`selections/selection_epoch*.npy`) its
 size, beta, how many of its images the run's frozen teacher gets wrong (on the
 unaugmented training image, against the label the run trains on), what share
 of all the teacher's training errors it holds, the share of flipped labels
@@ -105,15 +105,31 @@ def run_timing(records: list[dict], summary: dict) -> dict:
 
 
 def saved_selections(run_dir: str) -> list[tuple[dict, np.ndarray]]:
-  """(record, indices) of every selection the run saved, by epoch."""
+  """(record, indices) of every selection the run saved, by epoch.
+
+  The indices are `selections/selection_epoch<E>.npy` (every selector writes
+  them); the record (epoch, beta, ...) is the run's selections.jsonl line of
+  that epoch, or just the epoch where the run has none.
+  """
+  records = {}
+  path = os.path.join(run_dir, "selections.jsonl")
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        for line in f:
+          if line.strip():
+            record = json.loads(line)
+            records[int(record["epoch"])] = record
+    except (OSError, ValueError, KeyError) as e:
+      raise ReportError(f"{path}: unreadable ({e})") from None
   out = []
-  for path in sorted(glob.glob(os.path.join(run_dir, "selections",
-                                            "*_epoch*.json"))):
-    npy = path[:-len(".json")] + ".npy"
-    if not os.path.isfile(npy):
-      raise ReportError(f"{path} has no indices file {os.path.basename(npy)}"
-                        " beside it")
-    out.append((_read_json(path), np.load(npy)))
+  for npy in glob.glob(os.path.join(run_dir, "selections",
+                                    "selection_epoch*.npy")):
+    stem = os.path.basename(npy)[len("selection_epoch"):-len(".npy")]
+    if not stem.isdigit():
+      continue
+    epoch = int(stem)
+    out.append((records.get(epoch, {"epoch": epoch}), np.load(npy)))
   return sorted(out, key=lambda item: item[0]["epoch"])
 
 
