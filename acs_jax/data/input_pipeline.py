@@ -87,11 +87,11 @@ def _options() -> tf.data.Options:
   # explicit because reproducibility depends on it).
   options.deterministic = True
   # No autotuning thread. Dropping a finished iterator joins that thread,
-  # which can be asleep in its optimisation period: in the W2 ResNet-20 runs
-  # on 2 vCPUs that stalled the loop, idle, for 10-40 s at about half the
-  # epoch starts and score passes (found with py-spy and gdb, 2026-12-04:
-  # docs/benchmark.md). AUTOTUNE map parallelism then takes tf.data's fixed
-  # default; the prefetch depths are set here.
+  # which can be asleep in its optimisation period: in the W2 ResNet-20
+  # runs on 2 vCPUs that stalled the loop, idle, for 10-40 s at about one
+  # epoch start in three and half the score passes (found with py-spy and
+  # gdb, 2026-12-04: docs/benchmark.md). AUTOTUNE map parallelism then takes
+  # tf.data's fixed default; the prefetch depths are set here.
   options.autotune.enabled = False
   return options
 
