@@ -239,11 +239,18 @@ def test_eval_every_sample_once_with_masks(synth, split):
   assert (images[~mask] == 0).all()
 
 
-def test_eval_two_processes_jointly_cover_every_sample_once(synth):
-  parts = [list(data.make_eval_iterator(synth, "train", batch_size=24,
+def _two_process_eval(ds, split, batch_size):
+  """Each of two processes' eval batches of `split`; both run as many."""
+  parts = [list(data.make_eval_iterator(ds, split, batch_size=batch_size,
                                         process_index=p, process_count=2))
            for p in range(2)]
-  assert len(parts[0]) == len(parts[1]) == data.eval_steps(N, 24)
+  assert len(parts[0]) == len(parts[1]) == data.eval_steps(
+      ds.num_examples(split), batch_size)
+  return parts
+
+
+def test_eval_two_processes_jointly_cover_every_sample_once(synth):
+  parts = _two_process_eval(synth, "train", 24)
   seen = []
   for p in parts:
     for b in p:
@@ -402,10 +409,8 @@ def test_random_access_multi_process_and_noise(random_access):
 def test_random_access_eval_centre_crop_every_sample_once(random_access):
   ds = random_access
   for split, n in (("test", 11), ("train", 45)):
-    parts = [list(data.make_eval_iterator(ds, split, batch_size=8,
-                                          process_index=p, process_count=2))
-             for p in range(2)]
-    assert len(parts[0]) == len(parts[1]) == data.eval_steps(n, 8)
+    parts = _two_process_eval(ds, split, 8)
+    assert ds.num_examples(split) == n
     seen = []
     for p in parts:
       for b in p:
