@@ -14,7 +14,7 @@ teaches; with the label in the loss those images are corrected, so ACS
 should gain more over random than under pure KD.
 Expected (2026-12-04, 2-vCPU AMD EPYC, teacher 87.92 %, seed 0): random
 85.16 %, ACS 84.17 % (ACS 0.99 below random: the prediction fails); QAT 400 s
-(random) and 650 s (ACS); 18 min in all.
+(random) and 650 s (ACS), before the tf.data stall fix; 18 min in all.
 Details: docs/results/sweep_r20_w2_ablations.md.
 """
 import os

@@ -17,7 +17,8 @@ student pass over the 50,000 training images, so selection costs about twice
 as much wall time as at R = 5.
 Expected (2026-12-04, 2-vCPU AMD EPYC, teacher 87.92 %): random 84.93 +- 0.23 %,
 ACS 85.21 +- 0.12 % (3 seeds: +0.28, as at R = 5); about 380 s of QAT per
-random run and 765 s per ACS run, half of it selection; about an hour in all.
+random run and 765 s per ACS run, half of it selection; about an hour in all
+(560 s per ACS run, 45 % selection, once tf.data's stalls were fixed).
 Details: docs/results/sweep_r20_w2_ablations.md.
 """
 import os
