@@ -303,7 +303,10 @@ def _enable_compilation_cache(workdir: str) -> None:
     return  # The user (or the environment) chose one already.
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(os.path.abspath(workdir), "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  # Only compiles of 1 s or more are kept, unless the environment says
+  # otherwise (JAX reads JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS itself).
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str

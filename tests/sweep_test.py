@@ -113,7 +113,11 @@ def test_sweep_cli_end_to_end_one_teacher_reports_and_resume(tmp_path, capsys,
   # test session's), which lets runs 2 and 3 skip most compiling.
   env = {k: v for k, v in os.environ.items()
          if k != "JAX_COMPILATION_CACHE_DIR"}
+  # Every compile is cached, however fast this machine compiles: the sweep
+  # keeps only compiles of 1 s or more by default, and on a fast CPU none of
+  # the tiny runs' compiles may take that long.
   env = {**env, "JAX_PLATFORMS": "cpu",
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "XLA_FLAGS": " ".join(
              f for f in os.environ.get("XLA_FLAGS", "").split()
              if "xla_force_host_platform_device_count" not in f)}
