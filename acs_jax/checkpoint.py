@@ -24,6 +24,12 @@ _RESUMABLE_FIELDS = ("checkpoint.", "log_every_steps", "train.eval_batch_size",
                      "data.manual_dir", "data.path")
 
 
+# Fields added after runs were made, at the value that reproduces those runs:
+# left out of the fingerprint at that value, so an older checkpoint or
+# config.json (without the field) still matches a config that leaves it so.
+_ADDED_FIELDS = {"coreset.exclude_teacher_errors": False}
+
+
 # What the teacher stage depends on: a student-only change (QAT, coreset,
 # quantization) never invalidates a finished or half-trained teacher.
 _TEACHER_FIELDS = ("seed", "data.", "model.", "teacher.")
@@ -39,6 +45,8 @@ def config_fingerprint(config: ml_collections.ConfigDict,
       key = f"{prefix}{k}"
       if isinstance(v, ml_collections.ConfigDict):
         walk(v, key + ".")
+      elif key in _ADDED_FIELDS and v == _ADDED_FIELDS[key]:
+        continue
       elif not key.startswith(_RESUMABLE_FIELDS) and (
           stage != "teacher" or key.startswith(_TEACHER_FIELDS)):
         flat[key] = list(v) if isinstance(v, tuple) else v

@@ -138,6 +138,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.coreset.adaptive = "auto"     # auto | yes | no: re-select every R
   config.coreset.score_batch_size = 0  # 0 = eval batch size
   config.coreset.glister_val_fraction = 0.1
+  # ACS only: samples whose teacher top-1 (on the unaugmented image) is not
+  # their label are taken only where a class has too few others.
+  config.coreset.exclude_teacher_errors = False
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1
@@ -248,6 +251,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "not valid; it must be in [0, 1]")
   _positive(c.warmup_epochs, "coreset.warmup_epochs", allow_zero=True)
   _choice(c.adaptive, schedule_lib.ADAPTIVE, "coreset.adaptive")
+  if not isinstance(c.exclude_teacher_errors, bool):
+    raise ConfigError("config.coreset.exclude_teacher_errors="
+                      f"{c.exclude_teacher_errors!r} is not valid; it must "
+                      "be True or False")
+  if c.exclude_teacher_errors and c.selector != "acs":
+    raise ConfigError("config.coreset.exclude_teacher_errors=True is valid "
+                      f"only with selector 'acs', not {c.selector!r}")
   if c.selector == "forgetting" and c.warmup_epochs < 1:
     raise ConfigError("config.coreset.warmup_epochs=0 is not valid for "
                       "selector 'forgetting': forgetting events are counted "

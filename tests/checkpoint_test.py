@@ -158,3 +158,13 @@ def test_every_manager_has_its_own_multihost_barrier(tmp_path):
     ckpt.close()
   assert prefixes == ["teacher_latest", "teacher_best", "train_latest",
                       "train_best"]
+
+
+def test_a_field_added_at_its_old_behaviour_keeps_old_fingerprints():
+  new = tiny_config()
+  old = tiny_config()
+  del old.coreset["exclude_teacher_errors"]  # a config.json from before it
+  assert ckpt_lib.config_fingerprint(new) == ckpt_lib.config_fingerprint(old)
+  new.coreset.exclude_teacher_errors = True
+  assert ckpt_lib.config_fingerprint(new)[
+      "coreset.exclude_teacher_errors"] is True

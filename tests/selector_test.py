@@ -8,17 +8,19 @@ import pytest
 from acs_jax.coreset import selector
 
 
-def _naive_top_fraction(scores, labels, fraction, balance):
-  """Pure-Python reference: sort (-score, index) per group, take the budget."""
+def _naive_top_fraction(scores, labels, fraction, balance, excluded=None):
+  """Pure-Python reference: sort (excluded, -score, index) per group, take
+  the budget."""
   scores = [float(s) for s in scores]
   labels = [int(y) for y in labels]
   n = len(scores)
+  out = [False] * n if excluded is None else [bool(e) for e in excluded]
   groups = ({c: [i for i in range(n) if labels[i] == c] for c in set(labels)}
             if balance else {None: list(range(n))})
   chosen = []
   for members in groups.values():
     k = max(1, round(fraction * len(members)))   # Python round: half to even
-    chosen += sorted(members, key=lambda i: (-scores[i], i))[:k]
+    chosen += sorted(members, key=lambda i: (out[i], -scores[i], i))[:k]
   return sorted(chosen)
 
 
@@ -46,6 +48,42 @@ def test_select_top_fraction_matches_naive_reference():
       assert got.dtype == np.int64
       np.testing.assert_array_equal(
           got, _naive_top_fraction(scores, labels, fraction, balance))
+
+
+def test_excluded_samples_rank_last_matches_naive_reference():
+  rng = np.random.default_rng(3)
+  taken = 0
+  for _ in range(300):
+    scores, labels, fraction = _random_case(rng)
+    excluded = rng.random(len(scores)) < rng.choice([0.0, 0.3, 0.9, 1.0])
+    for balance in (True, False):
+      got = selector.select_top_fraction(scores, labels, fraction, balance,
+                                         excluded)
+      np.testing.assert_array_equal(got, _naive_top_fraction(
+          scores, labels, fraction, balance, excluded))
+      taken += int(excluded[got].sum())
+  assert taken > 0  # some cases had to fill budgets from the excluded
+
+
+def test_excluded_mask_is_checked():
+  with pytest.raises(ValueError, match="boolean"):
+    selector.select_top_fraction(np.zeros(4), np.zeros(4, int), 0.5,
+                                 excluded=np.zeros(4, int))
+  with pytest.raises(ValueError, match="boolean"):
+    selector.select_top_fraction(np.zeros(4), np.zeros(4, int), 0.5,
+                                 excluded=np.zeros(3, bool))
+
+
+def test_teacher_errors_against_a_loop():
+  rng = np.random.default_rng(4)
+  probs = rng.dirichlet(np.ones(5), size=200).astype(np.float32)
+  probs[:20] = 0.2  # all tied: class 0 is the prediction
+  labels = rng.integers(0, 5, 200)
+  want = [int(max(range(5), key=lambda c: (probs[i, c], -c))) != labels[i]
+          for i in range(200)]
+  np.testing.assert_array_equal(selector.teacher_errors(probs, labels), want)
+  with pytest.raises(ValueError, match=r"\[N, C\]"):
+    selector.teacher_errors(probs[:, 0], labels)
 
 
 def test_select_top_fraction_edge_cases():
@@ -143,6 +181,18 @@ def test_acs_select_and_record(tmp_path):
   np.testing.assert_array_equal(np.load(npy), idx)
   with open(js) as f:
     assert json.load(f) == json.loads(text)
+  assert "num_excluded" not in d
+  excluded = np.zeros(n, bool)
+  excluded[labels == 0] = True  # a whole class: its budget comes from them
+  excluded[np.flatnonzero(labels == 1)[:3]] = True
+  idx_x, rec_x = selector.acs_select(evs, ds, labels, epoch=30,
+                                     total_epochs=120, fraction=0.2,
+                                     schedule="linear", excluded=excluded)
+  np.testing.assert_array_equal(idx_x, _naive_top_fraction(
+      beta * evs + (1 - beta) * ds, labels, 0.2, True, excluded))
+  assert rec_x.to_json_dict()["num_excluded"] == excluded.sum()
+  assert rec_x.to_json_dict()["num_excluded_selected"] == (
+      excluded[idx_x].sum()) == rec_x.class_counts[0]
   # DS only at the end of a cosine schedule.
   idx_end, _ = selector.acs_select(evs, ds, labels, epoch=120,
                                    total_epochs=120, fraction=0.2,

@@ -203,6 +203,22 @@ def test_bad_config_values(field, value, match, tmp_path):
   assert not os.path.exists(tmp_path / "w")  # stopped before any work
 
 
+def test_teacher_error_exclusion_is_for_acs_and_a_bool(tmp_path):
+  c = tiny_config(**{"coreset.selector": "random",
+                     "coreset.exclude_teacher_errors": True})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"exclude_teacher_errors=True.*only with "
+                     r"selector 'acs', not 'random'"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  c = tiny_config()
+  with c.ignore_type():
+    c.coreset.exclude_teacher_errors = 1
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"exclude_teacher_errors=1.*True or False"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_batch_larger_than_coreset(tmp_path):
   c = tiny_config(**{"coreset.fraction": 0.05, "train.batch_size": 16})
   with pytest.raises(config_lib.ConfigError,

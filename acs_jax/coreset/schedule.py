@@ -156,7 +156,9 @@ class CoresetSchedule:
           inputs["evs"], inputs["ds"], self.labels, epoch=epoch,
           total_epochs=self.total_epochs, fraction=self.c.fraction,
           schedule=self.c.schedule, balance=self.c.balance,
-          constant=self.c.constant_beta)
+          constant=self.c.constant_beta, excluded=(
+              selector_lib.teacher_errors(self.teacher_probs, self.labels)
+              if self.c.exclude_teacher_errors else None))
       if sharding.is_primary():
         rec.save(self.sel_dir)
       self.beta = rec.beta

@@ -125,8 +125,19 @@ def _validate_scores(scores, labels) -> tuple[np.ndarray, np.ndarray]:
   return s, y
 
 
+def _excluded_mask(excluded, n: int) -> np.ndarray | None:
+  if excluded is None:
+    return None
+  e = np.asarray(excluded)
+  if e.dtype != np.bool_ or e.shape != (n,):
+    raise ValueError(f"excluded must be a boolean [N={n}] mask, got "
+                     f"{e.dtype} {e.shape}")
+  return e
+
+
 def select_top_fraction(scores: np.ndarray, labels: np.ndarray,
-                        fraction: float, balance: bool = True) -> np.ndarray:
+                        fraction: float, balance: bool = True,
+                        excluded: np.ndarray | None = None) -> np.ndarray:
   """Indices of the highest-scoring samples.
 
   Args:
@@ -136,6 +147,10 @@ def select_top_fraction(scores: np.ndarray, labels: np.ndarray,
     balance: True: per class c of n_c samples keep the
       round-half-to-even(fraction * n_c) best (>= 1 for a non-empty class).
       False: keep round(fraction * N) best overall (>= 1).
+    excluded: optional [N] bool mask. Excluded samples rank below every
+      other sample of their group (class, or all when not balanced), so they
+      are kept only where the budget exceeds the group's other samples; the
+      budgets do not change.
 
   Returns:
     Sorted unique int64 indices. Ties go to the lower index.
@@ -146,9 +161,12 @@ def select_top_fraction(scores: np.ndarray, labels: np.ndarray,
   f = check_fraction(fraction)
   s, y = _validate_scores(scores, labels)
   n = s.shape[0]
+  excluded = _excluded_mask(excluded, n)
   if n == 0:
     return np.zeros((0,), np.int64)
   order = np.argsort(-s, kind="stable")  # best first, ties -> lower index
+  if excluded is not None:  # the others first, score order kept in each part
+    order = order[np.argsort(excluded[order], kind="stable")]
   if not balance:
     k = max(1, int(np.round(f * n)))
     return np.sort(order[:k]).astype(np.int64)
@@ -189,6 +207,10 @@ class SelectionRecord:
     class_sizes: label -> number of samples of that class.
     score_stats: name -> {"mean", "q0", "q25", "q50", "q75", "q100"} for
       "evs", "ds", "acs" (all samples) and "acs_selected".
+    num_excluded: how many samples were excluded from the candidates (None:
+      no exclusion asked; see `acs_select`).
+    num_excluded_selected: how many of those were still selected (classes
+      whose budget exceeds their other samples).
   """
   epoch: int
   beta: float
@@ -200,10 +222,16 @@ class SelectionRecord:
   class_counts: dict[int, int]
   class_sizes: dict[int, int]
   score_stats: dict[str, dict[str, float]]
+  num_excluded: int | None = None
+  num_excluded_selected: int | None = None
 
   def to_json_dict(self) -> dict[str, Any]:
     """JSON-serialisable summary without the index array."""
+    excluded = ({} if self.num_excluded is None else
+                {"num_excluded": int(self.num_excluded),
+                 "num_excluded_selected": int(self.num_excluded_selected)})
     return {
+        **excluded,
         "epoch": int(self.epoch),
         "beta": float(self.beta),
         "schedule": self.schedule,
@@ -229,6 +257,19 @@ class SelectionRecord:
     np.save(stem + ".npy", np.asarray(self.indices, np.int64))
     return stem + ".json", stem + ".npy"
 
+def teacher_errors(teacher_probs: np.ndarray, labels: np.ndarray
+                   ) -> np.ndarray:
+  """[N] bool: the teacher's top-1 ([N, C] probabilities) is not the label.
+
+  Ties go to the lower class index (np.argmax)."""
+  p = np.asarray(teacher_probs, np.float32)
+  y = np.asarray(labels)
+  if p.ndim != 2 or p.shape[0] != y.shape[0]:
+    raise ValueError(f"teacher_probs {p.shape} must be [N, C] for labels "
+                     f"{y.shape}")
+  return np.argmax(p, axis=1) != y
+
+
 def acs_scores(evs: np.ndarray, ds: np.ndarray, beta: float) -> np.ndarray:
   """beta * EVS + (1 - beta) * DS in float64. Shapes [N] -> [N]."""
   evs = np.asarray(evs, np.float64)
@@ -241,7 +282,8 @@ def acs_scores(evs: np.ndarray, ds: np.ndarray, beta: float) -> np.ndarray:
 
 def acs_select(evs: np.ndarray, ds: np.ndarray, labels: np.ndarray, *,
                epoch: int, total_epochs: int, fraction: float, schedule: str,
-               balance: bool = True, constant: float | None = None
+               balance: bool = True, constant: float | None = None,
+               excluded: np.ndarray | None = None
                ) -> tuple[np.ndarray, SelectionRecord]:
   """One ACS selection round.
 
@@ -255,6 +297,9 @@ def acs_select(evs: np.ndarray, ds: np.ndarray, labels: np.ndarray, *,
     schedule: beta schedule (see `acs_coefficient`).
     balance: per-class budgets (see `select_top_fraction`).
     constant: beta for schedule "constant".
+    excluded: optional [N] bool mask of samples ranked after all others of
+      their class (see `select_top_fraction`), e.g. those the teacher
+      misclassifies (config.coreset.exclude_teacher_errors).
 
   Returns:
     (indices [M] sorted int64, SelectionRecord).
@@ -262,7 +307,7 @@ def acs_select(evs: np.ndarray, ds: np.ndarray, labels: np.ndarray, *,
   beta = acs_coefficient(epoch, total_epochs, schedule, constant)
   score = acs_scores(evs, ds, beta)
   labels = np.asarray(labels)
-  idx = select_top_fraction(score, labels, fraction, balance)
+  idx = select_top_fraction(score, labels, fraction, balance, excluded)
   classes, sizes = np.unique(labels, return_counts=True)
   sel_classes, sel_counts = np.unique(labels[idx], return_counts=True)
   class_counts = {int(c): 0 for c in classes}
@@ -275,4 +320,7 @@ def acs_select(evs: np.ndarray, ds: np.ndarray, labels: np.ndarray, *,
       class_sizes={int(c): int(n) for c, n in zip(classes, sizes)},
       score_stats={"evs": _stats(evs), "ds": _stats(ds), "acs": _stats(score),
                    "acs_selected": _stats(score[idx])})
+  if excluded is not None:
+    record.num_excluded = int(np.sum(excluded))
+    record.num_excluded_selected = int(np.sum(excluded[idx]))
   return idx, record
